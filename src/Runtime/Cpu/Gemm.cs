@@ -1,0 +1,183 @@
+using System;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+
+namespace Unrolled.Cpu;
+
+/// <summary>
+/// The register-blocked GEMM at the heart of every convolution: C[M x N] = A[M x K] . B[K x N], with A packed
+/// once into panels of <see cref="MR"/> rows ([k][MR]) and B packed per call into panels of <see cref="NR"/>
+/// columns ([k][NR]). The AVX-512 micro-kernel keeps an MR x NR tile (16 zmm accumulators) in registers; the
+/// epilogue adds a per-row bias and a residual and applies ReLU while the tile is stored, so outputs are written once.
+/// </summary>
+internal static unsafe class Gemm
+{
+    public const int MR = 8;
+    public const int NR = 32;
+
+    /// <summary>Packs a row-major [M x K] matrix into MR-row panels ([panel][k][MR]), zero-padding the last panel.</summary>
+    public static void PackA(ReadOnlySpan<float> a, int m, int k, Span<float> packed)
+    {
+        int panels = (m + MR - 1) / MR;
+        packed = packed.Slice(0, panels * MR * k);
+        packed.Clear();
+        for (int row = 0; row < m; row++)
+        {
+            var src = a.Slice(row * k, k);
+            var dst = packed.Slice(row / MR * MR * k + row % MR);
+            for (int kk = 0; kk < k; kk++) dst[kk * MR] = src[kk];
+        }
+    }
+
+    /// <summary>
+    /// One tile: rows [m0, m0 + rows) and columns [n0, n0 + cols) of C, rows and cols at most MR and NR.
+    /// <paramref name="a"/> points at the A panel, <paramref name="b"/> at the B panel; <paramref name="c"/> and
+    /// <paramref name="residual"/> at element (m0, n0); <paramref name="bias"/> at row m0 (or null).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void Tile(int k, float* a, float* b, float* c, int ldc, int rows, int cols,
+        float* bias, float* residual, bool relu)
+    {
+        if (Vector512.IsHardwareAccelerated)
+        {
+            Tile512(k, a, b, c, ldc, rows, cols, bias, residual, relu);
+            return;
+        }
+
+        // Portable path: the tile accumulates in a stack buffer with whatever vector width the machine has.
+        float* acc = stackalloc float[MR * NR];
+        new Span<float>(acc, MR * NR).Clear();
+        for (int kk = 0; kk < k; kk++)
+        {
+            float* bk = b + kk * NR;
+            float* ak = a + kk * MR;
+            for (int r = 0; r < MR; r++)
+            {
+                var av = new System.Numerics.Vector<float>(ak[r]);
+                float* row = acc + r * NR;
+                for (int j = 0; j < NR; j += System.Numerics.Vector<float>.Count)
+                {
+                    var bv = Unsafe.ReadUnaligned<System.Numerics.Vector<float>>(bk + j);
+                    var cv = Unsafe.ReadUnaligned<System.Numerics.Vector<float>>(row + j);
+                    Unsafe.WriteUnaligned(row + j, cv + av * bv);
+                }
+            }
+        }
+        Store(acc, c, ldc, rows, cols, bias, residual, relu);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Tile512(int k, float* a, float* b, float* c, int ldc, int rows, int cols,
+        float* bias, float* residual, bool relu)
+    {
+        Vector512<float> c00 = default, c01 = default, c10 = default, c11 = default;
+        Vector512<float> c20 = default, c21 = default, c30 = default, c31 = default;
+        Vector512<float> c40 = default, c41 = default, c50 = default, c51 = default;
+        Vector512<float> c60 = default, c61 = default, c70 = default, c71 = default;
+        for (int kk = 0; kk < k; kk++)
+        {
+            var b0 = Vector512.Load(b);
+            var b1 = Vector512.Load(b + 16);
+            var a0 = Vector512.Create(a[0]);
+            c00 = Vector512.FusedMultiplyAdd(a0, b0, c00); c01 = Vector512.FusedMultiplyAdd(a0, b1, c01);
+            var a1 = Vector512.Create(a[1]);
+            c10 = Vector512.FusedMultiplyAdd(a1, b0, c10); c11 = Vector512.FusedMultiplyAdd(a1, b1, c11);
+            var a2 = Vector512.Create(a[2]);
+            c20 = Vector512.FusedMultiplyAdd(a2, b0, c20); c21 = Vector512.FusedMultiplyAdd(a2, b1, c21);
+            var a3 = Vector512.Create(a[3]);
+            c30 = Vector512.FusedMultiplyAdd(a3, b0, c30); c31 = Vector512.FusedMultiplyAdd(a3, b1, c31);
+            var a4 = Vector512.Create(a[4]);
+            c40 = Vector512.FusedMultiplyAdd(a4, b0, c40); c41 = Vector512.FusedMultiplyAdd(a4, b1, c41);
+            var a5 = Vector512.Create(a[5]);
+            c50 = Vector512.FusedMultiplyAdd(a5, b0, c50); c51 = Vector512.FusedMultiplyAdd(a5, b1, c51);
+            var a6 = Vector512.Create(a[6]);
+            c60 = Vector512.FusedMultiplyAdd(a6, b0, c60); c61 = Vector512.FusedMultiplyAdd(a6, b1, c61);
+            var a7 = Vector512.Create(a[7]);
+            c70 = Vector512.FusedMultiplyAdd(a7, b0, c70); c71 = Vector512.FusedMultiplyAdd(a7, b1, c71);
+            a += MR;
+            b += NR;
+        }
+
+        if (rows == MR && cols == NR)
+        {
+            Row512(c00, c01, c + 0 * ldc, Bias(bias, 0), residual == null ? null : residual + 0 * ldc, relu);
+            Row512(c10, c11, c + 1 * ldc, Bias(bias, 1), residual == null ? null : residual + 1 * ldc, relu);
+            Row512(c20, c21, c + 2 * ldc, Bias(bias, 2), residual == null ? null : residual + 2 * ldc, relu);
+            Row512(c30, c31, c + 3 * ldc, Bias(bias, 3), residual == null ? null : residual + 3 * ldc, relu);
+            Row512(c40, c41, c + 4 * ldc, Bias(bias, 4), residual == null ? null : residual + 4 * ldc, relu);
+            Row512(c50, c51, c + 5 * ldc, Bias(bias, 5), residual == null ? null : residual + 5 * ldc, relu);
+            Row512(c60, c61, c + 6 * ldc, Bias(bias, 6), residual == null ? null : residual + 6 * ldc, relu);
+            Row512(c70, c71, c + 7 * ldc, Bias(bias, 7), residual == null ? null : residual + 7 * ldc, relu);
+            return;
+        }
+
+        // Edge tile: spill to the stack, then store the valid part.
+        float* acc = stackalloc float[MR * NR];
+        c00.Store(acc + 0 * NR); c01.Store(acc + 0 * NR + 16);
+        c10.Store(acc + 1 * NR); c11.Store(acc + 1 * NR + 16);
+        c20.Store(acc + 2 * NR); c21.Store(acc + 2 * NR + 16);
+        c30.Store(acc + 3 * NR); c31.Store(acc + 3 * NR + 16);
+        c40.Store(acc + 4 * NR); c41.Store(acc + 4 * NR + 16);
+        c50.Store(acc + 5 * NR); c51.Store(acc + 5 * NR + 16);
+        c60.Store(acc + 6 * NR); c61.Store(acc + 6 * NR + 16);
+        c70.Store(acc + 7 * NR); c71.Store(acc + 7 * NR + 16);
+        Store(acc, c, ldc, rows, cols, bias, residual, relu);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float Bias(float* bias, int r) => bias == null ? 0f : bias[r];
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Row512(Vector512<float> v0, Vector512<float> v1, float* c, float bias, float* residual, bool relu)
+    {
+        var bv = Vector512.Create(bias);
+        v0 += bv;
+        v1 += bv;
+        if (residual != null)
+        {
+            v0 += Vector512.Load(residual);
+            v1 += Vector512.Load(residual + 16);
+        }
+        if (relu)
+        {
+            v0 = Vector512.Max(v0, Vector512<float>.Zero);
+            v1 = Vector512.Max(v1, Vector512<float>.Zero);
+        }
+        v0.Store(c);
+        v1.Store(c + 16);
+    }
+
+    private static void Store(float* acc, float* c, int ldc, int rows, int cols, float* bias, float* residual, bool relu)
+    {
+        for (int r = 0; r < rows; r++)
+        {
+            float bv = Bias(bias, r);
+            for (int j = 0; j < cols; j++)
+            {
+                float v = acc[r * NR + j] + bv;
+                if (residual != null) v += residual[(long)r * ldc + j];
+                if (relu && v < 0f) v = 0f; // NaN stays NaN, as in torch.relu
+                c[(long)r * ldc + j] = v;
+            }
+        }
+    }
+
+    /// <summary>Unmanaged, 64-byte aligned scratch that grows on demand and is never freed (one per thread).</summary>
+    internal struct Scratch
+    {
+        private float* _ptr;
+        private long _capacity;
+
+        public float* Get(long floats)
+        {
+            if (floats > _capacity)
+            {
+                if (_ptr != null) NativeMemory.AlignedFree(_ptr);
+                _ptr = (float*)NativeMemory.AlignedAlloc((nuint)(floats * sizeof(float)), 64);
+                _capacity = floats;
+            }
+            return _ptr;
+        }
+    }
+}

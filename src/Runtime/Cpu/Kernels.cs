@@ -1,0 +1,199 @@
+using System;
+using System.Numerics;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+
+namespace Unrolled.Cpu;
+
+/// <summary>The element-wise and pooling kernels of a ResNet, NCHW float32, parallel over planes.</summary>
+internal static unsafe class Kernels
+{
+    public const double BatchNormEpsilon = 1e-5;
+    public const double BatchNormMomentum = 0.1;
+
+    /// <summary>Folds eval-mode BatchNorm into the preceding conv: W' = W * g / sqrt(v + eps), b' = beta - mean * g / sqrt(v + eps).</summary>
+    public static void FoldBatchNorm(ReadOnlySpan<float> weight, ReadOnlySpan<float> bn, int cout, int k,
+        Span<float> foldedWeight, Span<float> foldedBias)
+    {
+        var gamma = bn.Slice(0, cout);
+        var beta = bn.Slice(cout, cout);
+        var mean = bn.Slice(2 * cout, cout);
+        var variance = bn.Slice(3 * cout, cout);
+        for (int m = 0; m < cout; m++)
+        {
+            double scale = gamma[m] / Math.Sqrt(variance[m] + BatchNormEpsilon);
+            foldedBias[m] = (float)(beta[m] - mean[m] * scale);
+            var src = weight.Slice(m * k, k);
+            var dst = foldedWeight.Slice(m * k, k);
+            for (int i = 0; i < k; i++) dst[i] = (float)(src[i] * scale);
+        }
+    }
+
+    private struct BnJob
+    {
+        public float* Y, Residual, Bn;
+        public int Batch, C, Hw;
+        public bool Relu;
+    }
+
+    /// <summary>
+    /// Train-mode BatchNorm in place on y [batch, C, hw]: normalizes with the batch mean and biased variance
+    /// (accumulated in double), then adds the residual and applies ReLU; updates running_mean and running_var
+    /// (unbiased) with momentum 0.1, as torch.nn.BatchNorm2d does.
+    /// </summary>
+    public static void BatchNormTrain(Span<float> y, ReadOnlySpan<float> residual, Span<float> bn,
+        int batch, int c, int hw, bool relu)
+    {
+        fixed (float* py = y, pr = residual, pbn = bn)
+        {
+            var job = new BnJob { Y = py, Residual = residual.IsEmpty ? null : pr, Bn = pbn, Batch = batch, C = c, Hw = hw, Relu = relu };
+            WorkerPool.Shared.Run(&BatchNormTrainChannel, &job, c);
+        }
+    }
+
+    private static void BatchNormTrainChannel(void* context, int ch)
+    {
+        ref BnJob j = ref Unsafe.AsRef<BnJob>(context);
+        long count = (long)j.Batch * j.Hw;
+        double sum = 0;
+        for (int n = 0; n < j.Batch; n++) sum += Sum(new ReadOnlySpan<float>(j.Y + ((long)n * j.C + ch) * j.Hw, j.Hw));
+        double mean = sum / count;
+        double sq = 0;
+        for (int n = 0; n < j.Batch; n++)
+        {
+            float* p = j.Y + ((long)n * j.C + ch) * j.Hw;
+            for (int i = 0; i < j.Hw; i++)
+            {
+                double d = p[i] - mean;
+                sq += d * d;
+            }
+        }
+        double variance = sq / count;
+        double invStd = 1.0 / Math.Sqrt(variance + BatchNormEpsilon);
+        float scale = (float)(j.Bn[ch] * invStd);
+        float shift = (float)(j.Bn[j.C + ch] - mean * j.Bn[ch] * invStd);
+        for (int n = 0; n < j.Batch; n++)
+        {
+            long at = ((long)n * j.C + ch) * j.Hw;
+            ScaleShift(j.Y + at, j.Residual == null ? null : j.Residual + at, j.Hw, scale, shift, j.Relu);
+        }
+
+        float* runningMean = j.Bn + 2 * j.C;
+        float* runningVar = j.Bn + 3 * j.C;
+        runningMean[ch] = (float)((1 - BatchNormMomentum) * runningMean[ch] + BatchNormMomentum * mean);
+        runningVar[ch] = (float)((1 - BatchNormMomentum) * runningVar[ch] + BatchNormMomentum * variance * count / (count - 1));
+    }
+
+    private static double Sum(ReadOnlySpan<float> values)
+    {
+        double total = 0;
+        int i = 0;
+        if (Vector.IsHardwareAccelerated)
+        {
+            // Partial sums in float over short runs, accumulated in double: accurate and vectorized.
+            var vs = MemoryMarshal.Cast<float, Vector<float>>(values);
+            for (int start = 0; start < vs.Length; start += 64)
+            {
+                var acc = Vector<float>.Zero;
+                int end = Math.Min(vs.Length, start + 64);
+                for (int v = start; v < end; v++) acc += vs[v];
+                total += Vector.Sum(acc);
+            }
+            i = vs.Length * Vector<float>.Count;
+        }
+        for (; i < values.Length; i++) total += values[i];
+        return total;
+    }
+
+    private static void ScaleShift(float* y, float* residual, int count, float scale, float shift, bool relu)
+    {
+        int i = 0;
+        var s = new Vector<float>(scale);
+        var t = new Vector<float>(shift);
+        for (; i <= count - Vector<float>.Count; i += Vector<float>.Count)
+        {
+            var v = Unsafe.ReadUnaligned<Vector<float>>(y + i) * s + t;
+            if (residual != null) v += Unsafe.ReadUnaligned<Vector<float>>(residual + i);
+            if (relu) v = Vector.Max(v, Vector<float>.Zero);
+            Unsafe.WriteUnaligned(y + i, v);
+        }
+        for (; i < count; i++)
+        {
+            float v = y[i] * scale + shift;
+            if (residual != null) v += residual[i];
+            if (relu && v < 0f) v = 0f;
+            y[i] = v;
+        }
+    }
+
+    private struct PoolJob
+    {
+        public float* X, Y;
+        public int H, W, OH, OW, Kernel, Stride, Pad;
+    }
+
+    /// <summary>Max pooling over every plane of x [planes, h, w] (padding never wins, as in PyTorch).</summary>
+    public static void MaxPool(ReadOnlySpan<float> x, Span<float> y, int planes, int h, int w, int oh, int ow, int kernel, int stride, int pad)
+    {
+        fixed (float* px = x, py = y)
+        {
+            var job = new PoolJob { X = px, Y = py, H = h, W = w, OH = oh, OW = ow, Kernel = kernel, Stride = stride, Pad = pad };
+            WorkerPool.Shared.Run(&MaxPoolPlane, &job, planes);
+        }
+    }
+
+    private static void MaxPoolPlane(void* context, int plane)
+    {
+        ref PoolJob j = ref Unsafe.AsRef<PoolJob>(context);
+        float* x = j.X + (long)plane * j.H * j.W;
+        float* y = j.Y + (long)plane * j.OH * j.OW;
+        for (int oy = 0; oy < j.OH; oy++)
+        {
+            int y0 = Math.Max(oy * j.Stride - j.Pad, 0), y1 = Math.Min(oy * j.Stride - j.Pad + j.Kernel, j.H);
+            for (int ox = 0; ox < j.OW; ox++)
+            {
+                int x0 = Math.Max(ox * j.Stride - j.Pad, 0), x1 = Math.Min(ox * j.Stride - j.Pad + j.Kernel, j.W);
+                float best = float.NegativeInfinity;
+                for (int iy = y0; iy < y1; iy++)
+                {
+                    float* row = x + iy * j.W;
+                    for (int ix = x0; ix < x1; ix++)
+                    {
+                        float v = row[ix];
+                        if (v > best || float.IsNaN(v)) best = v;
+                    }
+                }
+                y[oy * j.OW + ox] = best;
+            }
+        }
+    }
+
+    /// <summary>Adaptive average pooling to 1x1: y[p] = mean of plane p of x [planes, hw].</summary>
+    public static void GlobalAveragePool(ReadOnlySpan<float> x, Span<float> y, int planes, int hw)
+    {
+        for (int p = 0; p < planes; p++) y[p] = (float)(Sum(x.Slice(p * hw, hw)) / hw);
+    }
+
+    /// <summary>y[n, o] = bias[o] + sum_i W[o, i] x[n, i] (torch.nn.Linear, W row-major [outputs, inputs]).</summary>
+    public static void Linear(ReadOnlySpan<float> x, Span<float> y, ReadOnlySpan<float> weight, ReadOnlySpan<float> bias,
+        int batch, int inputs, int outputs)
+    {
+        for (int n = 0; n < batch; n++)
+        {
+            var xi = x.Slice(n * inputs, inputs);
+            for (int o = 0; o < outputs; o++)
+                y[n * outputs + o] = bias[o] + Dot(weight.Slice(o * inputs, inputs), xi);
+        }
+    }
+
+    private static float Dot(ReadOnlySpan<float> a, ReadOnlySpan<float> b)
+    {
+        var va = MemoryMarshal.Cast<float, Vector<float>>(a);
+        var vb = MemoryMarshal.Cast<float, Vector<float>>(b);
+        var acc = Vector<float>.Zero;
+        for (int i = 0; i < va.Length; i++) acc = Vector.FusedMultiplyAdd(va[i], vb[i], acc);
+        float sum = Vector.Sum(acc);
+        for (int i = va.Length * Vector<float>.Count; i < a.Length; i++) sum += a[i] * b[i];
+        return sum;
+    }
+}

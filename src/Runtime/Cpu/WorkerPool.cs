@@ -1,0 +1,94 @@
+using System;
+using System.Runtime.ExceptionServices;
+using System.Threading;
+
+namespace Unrolled.Cpu;
+
+/// <summary>
+/// A persistent pool of worker threads (one per core, the caller being one of them) that runs
+/// <c>count</c> work items of a function pointer with a context pointer. Dispatch allocates nothing:
+/// the context lives on the caller's stack, which is safe because <see cref="Run"/> returns only when
+/// every item has finished.
+/// </summary>
+internal sealed unsafe class WorkerPool
+{
+    public static readonly WorkerPool Shared = new(Environment.ProcessorCount);
+
+    private readonly SemaphoreSlim[] _wake;
+    private readonly Lock _gate = new();
+    private delegate*<void*, int, void> _fn;
+    private void* _context;
+    private int _count;
+    private int _next;
+    private int _running;
+    private ExceptionDispatchInfo? _error;
+
+    public WorkerPool(int threads)
+    {
+        Threads = Math.Max(1, threads);
+        _wake = new SemaphoreSlim[Threads - 1];
+        for (int i = 0; i < _wake.Length; i++)
+        {
+            _wake[i] = new SemaphoreSlim(0);
+            var t = new Thread(Worker) { IsBackground = true, Name = "Unrolled worker " + (i + 1) };
+            t.Start(_wake[i]);
+        }
+    }
+
+    /// <summary>Threads that take part in a <see cref="Run"/>, the caller included.</summary>
+    public int Threads { get; }
+
+    /// <summary>Runs <paramref name="fn"/>(context, i) for i in [0, count) on all threads; returns when all are done.</summary>
+    public void Run(delegate*<void*, int, void> fn, void* context, int count)
+    {
+        if (count <= 0) return;
+        if (count == 1 || _wake.Length == 0)
+        {
+            for (int i = 0; i < count; i++) fn(context, i);
+            return;
+        }
+
+        lock (_gate)
+        {
+            _fn = fn;
+            _context = context;
+            _count = count;
+            _next = 0;
+            _error = null;
+            int helpers = Math.Min(_wake.Length, count - 1);
+            Volatile.Write(ref _running, helpers);
+            for (int i = 0; i < helpers; i++) _wake[i].Release();
+            Execute();
+            var spin = new SpinWait();
+            while (Volatile.Read(ref _running) != 0) spin.SpinOnce(-1);
+            _fn = null;
+            _context = null;
+            _error?.Throw();
+        }
+    }
+
+    private void Execute()
+    {
+        try
+        {
+            int i;
+            while ((i = Interlocked.Increment(ref _next) - 1) < _count) _fn(_context, i);
+        }
+        catch (Exception e)
+        {
+            _error ??= ExceptionDispatchInfo.Capture(e);
+            Volatile.Write(ref _next, int.MaxValue / 2);
+        }
+    }
+
+    private void Worker(object? state)
+    {
+        var wake = (SemaphoreSlim)state!;
+        while (true)
+        {
+            wake.Wait();
+            Execute();
+            Interlocked.Decrement(ref _running);
+        }
+    }
+}

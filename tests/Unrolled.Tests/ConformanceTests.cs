@@ -1,0 +1,41 @@
+using System;
+using Xunit.Abstractions;
+
+namespace Unrolled.Tests;
+
+/// <summary>Eval-mode logits against PyTorch's (float64 truth, ../shared/reference/README.md): max |ours - torch| <= 1e-3 max |torch|, same argmax.</summary>
+public class ConformanceTests(ITestOutputHelper output)
+{
+    private const double Tolerance = 1e-3;
+
+    private void Check(IResNet net, string weights, string io, int classes)
+    {
+        net.LoadWeights(weights);
+        net.Eval();
+        var reference = Reference.Load(io);
+        var input = reference["input"].Data;
+        var expected = reference["logits_eval"].Data;
+        var logits = new float[expected.Length];
+        net.Forward(input, logits);
+        double error = Reference.MaxRelative(logits, expected);
+        output.WriteLine($"{System.IO.Path.GetFileName(weights)}: max |ours - torch| / max |torch| = {error:E3}");
+        Assert.True(error <= Tolerance, $"{weights}: relative error {error:E3} > {Tolerance:E0}");
+        Assert.Equal(Reference.ArgMax(expected, classes), Reference.ArgMax(logits, classes));
+    }
+
+    [Theory]
+    [InlineData("tiny18.pth")]
+    [InlineData("tiny18.safetensors")]
+    public void Tiny18EvalLogitsMatchPyTorch(string weights) =>
+        Check(new Tiny18(), Reference.Fixture(weights), Reference.Fixture("tiny18_io.safetensors"), 10);
+
+    [Theory]
+    [InlineData("tiny50.pth")]
+    [InlineData("tiny50.safetensors")]
+    public void Tiny50EvalLogitsMatchPyTorch(string weights) =>
+        Check(new Tiny50(), Reference.Fixture(weights), Reference.Fixture("tiny50_io.safetensors"), 10);
+
+    [Fact]
+    public void ResNet50OnTwoPhotosMatchesPyTorch() =>
+        Check(new ResNet50(), Reference.SharedOrSkip("resnet50_seed1.pth"), Reference.SharedOrSkip("resnet50_seed1_io.safetensors"), 1000);
+}

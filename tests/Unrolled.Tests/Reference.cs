@@ -1,0 +1,94 @@
+using System;
+using System.Collections.Generic;
+using System.IO;
+using Unrolled.IO;
+
+namespace Unrolled.Tests;
+
+/// <summary>PyTorch's reference numbers: small files copied into Fixtures/, large ones read from ../shared/reference/.</summary>
+internal static class Reference
+{
+    public static string Fixture(string name) => Path.Combine(AppContext.BaseDirectory, "Fixtures", name);
+
+    /// <summary>../shared/reference/NAME found by walking up from the test binaries, or null.</summary>
+    public static string? Shared(string name)
+    {
+        var env = Environment.GetEnvironmentVariable("UNROLLED_SHARED");
+        if (!string.IsNullOrEmpty(env) && File.Exists(Path.Combine(env, "reference", name))) return Path.Combine(env, "reference", name);
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
+        {
+            string candidate = Path.Combine(dir.FullName, "shared", "reference", name);
+            if (File.Exists(candidate)) return candidate;
+        }
+        return null;
+    }
+
+    public static string SharedOrSkip(string name) =>
+        Shared(name) ?? throw new SkipException(
+            $"../shared/reference/{name} is absent (looked upwards from {AppContext.BaseDirectory}; set UNROLLED_SHARED to the shared folder).");
+
+    /// <summary>Every tensor of a .safetensors file as float32 (int64 converted).</summary>
+    public static Dictionary<string, (float[] Data, long[] Shape)> Load(string path)
+    {
+        var result = new Dictionary<string, (float[], long[])>();
+        using var file = TensorFile.Open(path);
+        foreach (var t in file.Tensors)
+        {
+            var data = new float[t.Count];
+            if (t.DType == DType.F32) file.ReadFloat32(t, data);
+            else if (t.DType == DType.I64 && t.Count == 1) data[0] = file.ReadInt64Scalar(t);
+            else if (t.DType == DType.I64) data = ReadInt64Vector(path, t);
+            else throw new NotSupportedException(t.DType.ToString());
+            result[t.Key] = (data, t.Shape);
+        }
+        return result;
+    }
+
+    private static float[] ReadInt64Vector(string path, TensorInfo t)
+    {
+        // Only the small label vectors are int64 arrays: read them straight from the file.
+        using var stream = File.OpenRead(path);
+        var header = new byte[8];
+        stream.ReadExactly(header);
+        long headerLength = BitConverter.ToInt64(header);
+        var json = new byte[headerLength];
+        stream.ReadExactly(json);
+        using var doc = System.Text.Json.JsonDocument.Parse(json);
+        var offsets = doc.RootElement.GetProperty(t.Key).GetProperty("data_offsets");
+        stream.Position = 8 + headerLength + offsets[0].GetInt64();
+        var bytes = new byte[t.Count * 8];
+        stream.ReadExactly(bytes);
+        var result = new float[t.Count];
+        for (int i = 0; i < result.Length; i++) result[i] = BitConverter.ToInt64(bytes, i * 8);
+        return result;
+    }
+
+    /// <summary>max |a - b| / max |b|.</summary>
+    public static double MaxRelative(ReadOnlySpan<float> actual, ReadOnlySpan<float> expected)
+    {
+        Assert.Equal(expected.Length, actual.Length);
+        double maxDiff = 0, maxRef = 0;
+        for (int i = 0; i < expected.Length; i++)
+        {
+            maxDiff = Math.Max(maxDiff, Math.Abs((double)actual[i] - expected[i]));
+            maxRef = Math.Max(maxRef, Math.Abs((double)expected[i]));
+        }
+        return maxDiff / maxRef;
+    }
+
+    public static int[] ArgMax(ReadOnlySpan<float> logits, int classes)
+    {
+        var result = new int[logits.Length / classes];
+        for (int n = 0; n < result.Length; n++)
+        {
+            int best = 0;
+            for (int c = 1; c < classes; c++)
+                if (logits[n * classes + c] > logits[n * classes + best]) best = c;
+            result[n] = best;
+        }
+        return result;
+    }
+}
+
+/// <summary>Thrown to mark a test that cannot run here (a large reference file is absent); reported as a failure with this reason.</summary>
+internal sealed class SkipException(string reason) : Exception(reason);
