@@ -131,7 +131,8 @@ public sealed class ResNetGenerator : IIncrementalGenerator
             width = imageSize;
         }
 
-        foreach (var (name, v) in new[] { (heightSet ? "ImageHeight" : "ImageSize", height), (widthSet ? "ImageWidth" : "ImageSize", width) })
+        var sides = heightSet ? new[] { ("ImageHeight", height), ("ImageWidth", width) } : new[] { ("ImageSize", imageSize) };
+        foreach (var (name, v) in sides)
         {
             if (v < 1) Report(Diagnostics.OutOfRange, name, v.ToString(), "the input must be at least 1 pixel on each side; ImageNet models use 224");
             else if (v > 8192) Report(Diagnostics.OutOfRange, name, v.ToString(), "inputs up to 8192 pixels a side are supported");

@@ -69,9 +69,9 @@ internal static class NetworkEmitter
         w.Line("/// <summary>Floats of one input image: 3 x ImageHeight x ImageWidth (NCHW).</summary>");
         w.Line($"public const int InputSize = {d.InputShape.Size};");
         w.Line("/// <summary>Trainable parameters, as <c>sum(p.numel() for p in model.parameters())</c>.</summary>");
-        w.Line($"public const long ParameterCount = {Lit(d.ParameterCount)};");
+        w.Line($"public const long ParameterCount = {Grouped(d.ParameterCount)};");
         w.Line("/// <summary>Multiply-accumulates of one image's forward pass.</summary>");
-        w.Line($"public const long MacsPerImage = {Lit(d.Macs)};");
+        w.Line($"public const long MacsPerImage = {Grouped(d.Macs)};");
         w.Line($"/// <summary>Floats of activation memory per image in the static plan ({Mb(d.Plan.ArenaSize)} MB; {Mb(d.Plan.NaiveSize)} MB without reuse).</summary>");
         w.Line($"public const long ActivationFloatsPerImage = {Lit(d.Plan.ArenaSize)};");
         w.Line();
@@ -88,7 +88,8 @@ internal static class NetworkEmitter
         foreach (var e in d.Entries)
         {
             string fan = e.Fan != 0 ? $", {e.Fan}" : "";
-            w.Line($"        new(\"{e.Key}\", new int[] {{ {string.Join(", ", e.Shape)} }}, {Lit(e.Offset)}, {(e.IsParameter ? "true" : "false")}, {Rt}Init.{e.Init}{fan}),");
+            string shape = e.Shape.Count == 0 ? "new int[0]" : $"new int[] {{ {string.Join(", ", e.Shape)} }}";
+            w.Line($"        new(\"{e.Key}\", {shape}, {Lit(e.Offset)}, {(e.IsParameter ? "true" : "false")}, {Rt}Init.{e.Init}{fan}),");
         }
         w.Line("    },");
         w.Line($"    convs: new {Rt}ConvSpec[]");
@@ -184,7 +185,11 @@ internal static class NetworkEmitter
             if (thisBlock != block)
             {
                 w.Line();
-                if (thisBlock.Length > 0) w.Line($"// {thisBlock}: {d.BlockType}");
+                if (thisBlock.Length > 0)
+                {
+                    var inBlock = layers.Where(x => BlockOf(x.Name) == thisBlock).ToList();
+                    w.Line($"// {thisBlock}: {d.BlockType}, {inBlock[0].In} -> {inBlock[inBlock.Count - 1].Out}");
+                }
                 block = thisBlock;
             }
 
@@ -304,6 +309,9 @@ internal static class NetworkEmitter
     }
 
     private static string Num(long v) => v.ToString("N0", CultureInfo.InvariantCulture);
+
+    /// <summary>A C# literal with digit separators: 25_557_032.</summary>
+    private static string Grouped(long v) => v.ToString("N0", CultureInfo.InvariantCulture).Replace(',', '_');
 
     private static string Lit(long v) => v.ToString(CultureInfo.InvariantCulture);
 

@@ -62,7 +62,7 @@ internal static class ResNetTable
                     y = b.ConvBn(p + "conv2", p + "bn2", y, planes, 3, 1, 1, zeroInit: o.ZeroInitResidual);
                 }
                 if (downsample) b.RegisterConvBn(p + "downsample.0", p + "downsample.1", planes * expansion, inplanes, 1, zeroInit: false);
-                x = b.Relu(p + "relu3", b.Add(p + "add", y, identity));
+                x = b.Relu(p + (bottleneck ? "relu3" : "relu2"), b.Add(p + "add", y, identity));
                 inplanes = planes * expansion;
             }
         }
