@@ -14,3 +14,22 @@ public partial class ResNet50;
 
 [ResNet(18)]
 public partial class ResNet18;
+
+[ResNet(34)]
+public partial class ResNet34;
+
+[ResNet(101)]
+public partial class ResNet101;
+
+[ResNet(152)]
+public partial class ResNet152;
+
+// Non-square inputs and other widths, checked against an independent reference implementation.
+[ResNet(18, NumClasses = 7, BaseWidth = 8, ImageHeight = 72, ImageWidth = 88)]
+public partial class Basic72x88;
+
+[ResNet(50, NumClasses = 5, BaseWidth = 4, ImageHeight = 72, ImageWidth = 88)]
+public partial class Bottleneck72x88;
+
+[ResNet(18, NumClasses = 3, BaseWidth = 4, ImageSize = 32, ZeroInitResidual = true)]
+public partial class ZeroInit18;

@@ -1,0 +1,165 @@
+using System;
+using System.Threading;
+using Unrolled.Cpu;
+
+namespace Unrolled.Tests.Kernels;
+
+/// <summary>Each CPU kernel against <see cref="Naive"/> over many shapes, odd ones included.</summary>
+public class KernelTests
+{
+    private static void AssertClose(double[] expected, ReadOnlySpan<float> actual, double tolerance, string what)
+    {
+        Assert.Equal(expected.Length, actual.Length);
+        double scale = 1;
+        foreach (double e in expected) scale = Math.Max(scale, Math.Abs(e));
+        for (int i = 0; i < expected.Length; i++)
+            Assert.True(Math.Abs(expected[i] - actual[i]) <= tolerance * scale, $"{what}: element {i}: expected {expected[i]}, got {actual[i]}");
+    }
+
+    public static TheoryData<int, int, int, int, int, int, int, int> ConvShapes => new()
+    {
+        // batch, cin, h, w, cout, kernel, stride, pad
+        { 1, 3, 17, 23, 8, 7, 2, 3 },
+        { 2, 3, 32, 32, 16, 7, 2, 3 },
+        { 1, 16, 14, 14, 32, 1, 1, 0 },
+        { 3, 5, 9, 7, 13, 1, 1, 0 },
+        { 2, 16, 15, 15, 24, 1, 2, 0 },
+        { 1, 8, 11, 13, 8, 3, 1, 1 },
+        { 2, 7, 10, 9, 3, 3, 2, 1 },
+        { 1, 4, 5, 5, 9, 5, 1, 2 },
+        { 1, 2, 6, 4, 1, 3, 3, 0 },
+        { 2, 33, 7, 7, 65, 3, 1, 1 },
+        { 1, 64, 3, 3, 40, 3, 1, 1 },
+        { 1, 1, 1, 1, 1, 1, 1, 0 },
+        { 4, 6, 2, 3, 17, 3, 1, 1 },
+    };
+
+    [Theory]
+    [MemberData(nameof(ConvShapes))]
+    public void ConvMatchesReferenceWithEveryEpilogue(int batch, int cin, int h, int w, int cout, int k, int stride, int pad)
+    {
+        var rng = new Random(batch * 1000 + cin * 31 + h * 7 + cout);
+        var x = Naive.RandomFloats(rng, batch * cin * h * w);
+        var weight = Naive.RandomFloats(rng, cout * cin * k * k, 1.0 / Math.Sqrt(cin * k * k));
+        var bias = Naive.RandomFloats(rng, cout);
+        var expected = Naive.Conv(Naive.ToDouble(x), Naive.ToDouble(weight), batch, cin, h, w, cout, k, stride, pad, out int oh, out int ow);
+        var residual = Naive.RandomFloats(rng, expected.Length);
+        var packed = new float[(cout + Gemm.MR - 1) / Gemm.MR * Gemm.MR * cin * k * k];
+        Gemm.PackA(weight, cout, cin * k * k, packed);
+
+        foreach (var (useBias, useResidual, relu) in new[] { (false, false, false), (true, false, true), (true, true, true), (false, true, false) })
+        {
+            var y = new float[expected.Length];
+            y.AsSpan().Fill(float.NaN); // every element must be written
+            Conv.Forward(x, y, useResidual ? residual : default, packed, useBias ? bias : default,
+                batch, cin, h, w, cout, oh, ow, k, stride, pad, relu);
+            var want = (double[])expected.Clone();
+            int hw = oh * ow;
+            for (int i = 0; i < want.Length; i++)
+            {
+                if (useBias) want[i] += bias[i / hw % cout];
+                if (useResidual) want[i] += residual[i];
+                if (relu) want[i] = Math.Max(0, want[i]);
+            }
+            AssertClose(want, y, 1e-5, $"conv bias={useBias} residual={useResidual} relu={relu}");
+        }
+    }
+
+    [Theory]
+    [InlineData(3, 112, 112, 3, 2, 1)]
+    [InlineData(5, 7, 9, 3, 2, 1)]
+    [InlineData(2, 1, 1, 3, 2, 1)]
+    [InlineData(4, 6, 5, 2, 2, 0)]
+    public void MaxPoolMatchesReference(int planes, int h, int w, int k, int stride, int pad)
+    {
+        var x = Naive.RandomFloats(new Random(h * w), planes * h * w);
+        var expected = Naive.MaxPool(Naive.ToDouble(x), planes, h, w, k, stride, pad, out int oh, out int ow);
+        var y = new float[expected.Length];
+        Unrolled.Cpu.Kernels.MaxPool(x, y, planes, h, w, oh, ow, k, stride, pad);
+        AssertClose(expected, y, 0, "maxpool");
+    }
+
+    [Theory]
+    [InlineData(2, 8, 49, false)]
+    [InlineData(3, 13, 5, true)]
+    [InlineData(1, 4, 2, true)]
+    [InlineData(16, 3, 1, false)]
+    public void TrainModeBatchNormMatchesReferenceAndUpdatesRunningStatistics(int n, int c, int hw, bool relu)
+    {
+        var rng = new Random(n * c + hw);
+        var x = Naive.RandomFloats(rng, n * c * hw, 3);
+        for (int i = 0; i < x.Length; i++) x[i] += 5; // a large mean: the variance must not cancel
+        var residual = Naive.RandomFloats(rng, x.Length);
+        var bn = Naive.RandomFloats(rng, 4 * c);
+        for (int i = 3 * c; i < 4 * c; i++) bn[i] = Math.Abs(bn[i]) + 0.5f;
+
+        var expected = Naive.ToDouble(x);
+        double[] gamma = Naive.ToDouble(bn.AsSpan(0, c)), beta = Naive.ToDouble(bn.AsSpan(c, c));
+        double[] mean = Naive.ToDouble(bn.AsSpan(2 * c, c)), variance = Naive.ToDouble(bn.AsSpan(3 * c, c));
+        Naive.BatchNorm(expected, n, c, hw, gamma, beta, mean, variance, train: true);
+        for (int i = 0; i < expected.Length; i++)
+        {
+            expected[i] += residual[i];
+            if (relu) expected[i] = Math.Max(0, expected[i]);
+        }
+
+        Unrolled.Cpu.Kernels.BatchNormTrain(x, residual, bn, n, c, hw, relu);
+        AssertClose(expected, x, 1e-5, "batchnorm output");
+        AssertClose(mean, bn.AsSpan(2 * c, c), 1e-6, "running_mean");
+        AssertClose(variance, bn.AsSpan(3 * c, c), 1e-6, "running_var");
+    }
+
+    [Theory]
+    [InlineData(1, 2048, 1000)]
+    [InlineData(3, 37, 5)]
+    public void LinearAndAveragePoolMatchReference(int batch, int inputs, int outputs)
+    {
+        var rng = new Random(inputs);
+        var x = Naive.RandomFloats(rng, batch * inputs * 9);
+        var pooled = new float[batch * inputs];
+        Unrolled.Cpu.Kernels.GlobalAveragePool(x, pooled, batch * inputs, 9);
+        var expectedPool = new double[pooled.Length];
+        for (int p = 0; p < pooled.Length; p++) for (int i = 0; i < 9; i++) expectedPool[p] += x[p * 9 + i] / 9.0;
+        AssertClose(expectedPool, pooled, 1e-6, "avgpool");
+
+        var weight = Naive.RandomFloats(rng, outputs * inputs);
+        var bias = Naive.RandomFloats(rng, outputs);
+        var y = new float[batch * outputs];
+        Unrolled.Cpu.Kernels.Linear(pooled, y, weight, bias, batch, inputs, outputs);
+        var expected = new double[y.Length];
+        for (int b = 0; b < batch; b++)
+        for (int o = 0; o < outputs; o++)
+        {
+            double s = bias[o];
+            for (int i = 0; i < inputs; i++) s += (double)weight[o * inputs + i] * pooled[b * inputs + i];
+            expected[b * outputs + o] = s;
+        }
+        AssertClose(expected, y, 1e-5, "linear");
+    }
+
+    private static int[]? s_hits;
+
+    private static unsafe void CountHit(void* context, int item) => Interlocked.Increment(ref s_hits![item]);
+
+    private static unsafe void Throw(void* context, int item)
+    {
+        if (item == 7) throw new InvalidOperationException("item 7");
+    }
+
+    [Fact]
+    public unsafe void WorkerPoolRunsEveryItemOnceAndPropagatesExceptions()
+    {
+        var pool = new WorkerPool(3);
+        foreach (int count in new[] { 1, 2, 5, 1000 })
+        {
+            s_hits = new int[count];
+            pool.Run(&CountHit, null, count);
+            Assert.All(s_hits, h => Assert.Equal(1, h));
+        }
+        var e = Assert.Throws<InvalidOperationException>(() => pool.Run(&Throw, null, 50));
+        Assert.Equal("item 7", e.Message);
+        s_hits = new int[10];
+        pool.Run(&CountHit, null, 10); // still usable after an exception
+        Assert.All(s_hits, h => Assert.Equal(1, h));
+    }
+}

@@ -1,0 +1,145 @@
+using System;
+using System.IO;
+using System.Linq;
+using Unrolled.Tests.Kernels;
+using Xunit.Abstractions;
+
+namespace Unrolled.Tests;
+
+/// <summary>Generated networks against the independent reference model, and the behaviour of the public contract.</summary>
+public class NetworkTests(ITestOutputHelper output)
+{
+    private static void SetTensor(IResNet net, string key, float[] values)
+    {
+        switch (net)
+        {
+            case Basic72x88 b: b.SetTensor(key, values); break;
+            case Bottleneck72x88 b: b.SetTensor(key, values); break;
+            default: throw new NotSupportedException();
+        }
+    }
+
+    private static void RandomizeBatchNorm(IResNet net, int seed)
+    {
+        var rng = new Random(seed);
+        foreach (string key in net.StateKeys)
+        {
+            bool isBn = key.Contains(".bn") || key.StartsWith("bn1", StringComparison.Ordinal) || key.Contains("downsample.1");
+            if (!isBn || key.EndsWith("num_batches_tracked", StringComparison.Ordinal)) continue;
+            var t = net.GetTensor(key);
+            for (int i = 0; i < t.Length; i++)
+            {
+                double u = rng.NextDouble();
+                t[i] = key.EndsWith("running_var", StringComparison.Ordinal) ? (float)(0.5 + u)
+                    : key.EndsWith("weight", StringComparison.Ordinal) ? (float)(0.5 + u)
+                    : (float)(u - 0.5);
+            }
+            SetTensor(net, key, t);
+        }
+    }
+
+    [Theory]
+    [InlineData(18, false)]
+    [InlineData(18, true)]
+    [InlineData(50, false)]
+    [InlineData(50, true)]
+    public void NonSquareNetworksMatchTheReferenceModel(int depth, bool train)
+    {
+        IResNet net = depth == 18 ? new Basic72x88() : new Bottleneck72x88();
+        RandomizeBatchNorm(net, depth);
+        var reference = new ReferenceModel(net, depth);
+        var input = Naive.RandomFloats(new Random(7), 2 * 3 * 72 * 88);
+        var expected = reference.Forward(input, train); // reads the state before our forward updates it
+
+        if (train) net.Train(); else net.Eval();
+        var logits = new float[2 * net.OutputSize];
+        net.Forward(input, logits);
+        double error = Reference.MaxRelative(logits, expected.Select(v => (float)v).ToArray());
+        output.WriteLine($"ResNet-{depth} 72x88 {(train ? "train" : "eval")}: max relative error {error:E2}");
+        Assert.True(error <= 1e-4, $"relative error {error:E3}");
+    }
+
+    [Theory]
+    [InlineData("tiny18")]
+    [InlineData("tiny50")]
+    public void TrainModeLogitsMatchPyTorchAndUpdateRunningStatistics(string name)
+    {
+        IResNet net = name == "tiny18" ? new Tiny18() : new Tiny50();
+        net.LoadWeights(Reference.Fixture(name + ".safetensors"));
+        var io = Reference.Load(Reference.Fixture(name + "_io.safetensors"));
+        var meanBefore = net.GetTensor("bn1.running_mean");
+        net.Train();
+        Assert.True(net.IsTraining);
+        var logits = new float[20];
+        net.Forward(io["input"].Data, logits);
+        double error = Reference.MaxRelative(logits, io["logits_train"].Data);
+        output.WriteLine($"{name} train-mode logits: max relative error {error:E2}");
+        Assert.True(error <= 1e-3);
+        Assert.Equal(8f, net.GetTensor("bn1.num_batches_tracked")[0]); // 7 in the file, +1
+        Assert.NotEqual(meanBefore, net.GetTensor("bn1.running_mean"));
+
+        // Back in eval mode, the updated running statistics are used (and folded anew).
+        net.Eval();
+        var evalLogits = new float[20];
+        net.Forward(io["input"].Data, evalLogits);
+        var reference = new ReferenceModel(net, name == "tiny18" ? 18 : 50).Forward(io["input"].Data, train: false);
+        Assert.True(Reference.MaxRelative(evalLogits, reference.Select(v => (float)v).ToArray()) <= 1e-4);
+    }
+
+    [Fact]
+    public void ForwardAllocatesNothingAfterTheFirstCall()
+    {
+        foreach (var (net, batch) in new (IResNet, int)[] { (new Tiny50(), 2), (new Basic72x88(), 3), (new ResNet50(), 1) })
+        {
+            var (c, h, w) = net.InputShape;
+            var input = Naive.RandomFloats(new Random(1), batch * c * h * w);
+            var logits = new float[batch * net.OutputSize];
+            net.Forward(input, logits); // first call: arena and packed weights
+            long before = GC.GetAllocatedBytesForCurrentThread();
+            net.Forward(input, logits);
+            net.Forward(input, logits);
+            long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+            Assert.Equal(0, allocated);
+        }
+    }
+
+    [Fact]
+    public void WrongLengthsThrowClearErrors()
+    {
+        var net = new Tiny18();
+        var e = Assert.Throws<ArgumentException>(() => net.Forward(new float[100], new float[10]));
+        Assert.Contains("3 x 64 x 64 = 12288", e.Message);
+        e = Assert.Throws<ArgumentException>(() => net.Forward(new float[2 * 12288], new float[10]));
+        Assert.Contains("2 x 10 = 20", e.Message);
+        Assert.Throws<ArgumentException>(() => net.Forward(ReadOnlySpan<float>.Empty, new float[10]));
+    }
+
+    [Fact]
+    public void UnknownKeysAndDevicesAreClearErrors()
+    {
+        var net = new Tiny18();
+        var e = Assert.Throws<System.Collections.Generic.KeyNotFoundException>(() => net.GetTensor("layer9.0.conv1.weight"));
+        Assert.Contains("'layer9.0.conv1.weight' is not a state_dict key", e.Message);
+        Assert.Equal(Device.Cpu, new Tiny18(Device.Auto).Device);
+        var cuda = Assert.Throws<PlatformNotSupportedException>(() => new Tiny18(Device.Cuda));
+        Assert.Contains("Device.Cuda", cuda.Message);
+    }
+
+    [Fact]
+    public void NewNetworksAreInitialisedAsTorchvisionDoes()
+    {
+        var a = new Tiny50();
+        var b = new Tiny50();
+        Assert.Equal(a.GetTensor("layer1.0.conv2.weight"), b.GetTensor("layer1.0.conv2.weight")); // deterministic
+        var w = a.GetTensor("layer3.0.conv2.weight"); // kaiming normal, fan_out = 32 * 3 * 3
+        double std = Math.Sqrt(w.Select(v => (double)v * v).Average());
+        Assert.InRange(std, Math.Sqrt(2.0 / 288) * 0.9, Math.Sqrt(2.0 / 288) * 1.1);
+        Assert.All(a.GetTensor("bn1.weight"), v => Assert.Equal(1f, v));
+        Assert.All(a.GetTensor("bn1.running_var"), v => Assert.Equal(1f, v));
+        Assert.All(a.GetTensor("fc.bias"), v => Assert.InRange(v, -1 / 16f, 1 / 16f)); // fan_in 256
+        Assert.All(new ZeroInit18().GetTensor("layer2.1.bn2.weight"), v => Assert.Equal(0f, v));
+        Assert.All(new ZeroInit18().GetTensor("layer2.1.bn1.weight"), v => Assert.Equal(1f, v));
+        Assert.Contains("Total params: 376,722", Tiny50.Summary());
+        Assert.Contains("layer4.2.conv3 (Conv2d)", Tiny50.Summary());
+    }
+}
