@@ -1,0 +1,124 @@
+using System;
+using System.Collections.Generic;
+using System.Diagnostics;
+using System.IO;
+using System.Linq;
+using BenchmarkDotNet.Attributes;
+using BenchmarkDotNet.Running;
+using Microsoft.ML.OnnxRuntime;
+using Microsoft.ML.OnnxRuntime.Tensors;
+using Unrolled;
+
+namespace Unrolled.Benchmarks;
+
+[ResNet(50)]
+public partial class ResNet50;
+
+/// <summary>ONNX Runtime on torchvision's ResNet-50 graph (../shared/reference/resnet50_zero_weights.onnx), 2 intra-op threads.</summary>
+public sealed class OnnxPeer : IDisposable
+{
+    private readonly InferenceSession _session;
+
+    public OnnxPeer(string path, int threads)
+    {
+        var options = new SessionOptions { IntraOpNumThreads = threads, InterOpNumThreads = 1, GraphOptimizationLevel = GraphOptimizationLevel.ORT_ENABLE_ALL };
+        _session = new InferenceSession(path, options);
+    }
+
+    public void Run(DenseTensor<float> input) =>
+        _session.Run(new[] { NamedOnnxValue.CreateFromTensor("input", input) }).Dispose();
+
+    public void Dispose() => _session.Dispose();
+
+    public static string? FindModel()
+    {
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
+        {
+            string candidate = Path.Combine(dir.FullName, "shared", "reference", "resnet50_zero_weights.onnx");
+            if (File.Exists(candidate)) return candidate;
+        }
+        return null;
+    }
+}
+
+[MemoryDiagnoser]
+public class ForwardBenchmarks
+{
+    private ResNet50 _net = null!;
+    private OnnxPeer _onnx = null!;
+    private float[] _input = null!;
+    private float[] _logits = null!;
+    private DenseTensor<float> _onnxInput = null!;
+
+    [Params(1, 8)]
+    public int Batch { get; set; }
+
+    [GlobalSetup]
+    public void Setup()
+    {
+        _net = new ResNet50();
+        _input = new float[Batch * ResNet50.InputSize];
+        for (int i = 0; i < _input.Length; i++) _input[i] = (i % 255) / 255f;
+        _logits = new float[Batch * ResNet50.NumClasses];
+        _onnx = new OnnxPeer(OnnxPeer.FindModel() ?? throw new FileNotFoundException("../shared/reference/resnet50_zero_weights.onnx"), 2);
+        _onnxInput = new DenseTensor<float>(_input, new[] { Batch, 3, 224, 224 });
+    }
+
+    [Benchmark(Baseline = true)]
+    public void OnnxRuntime() => _onnx.Run(_onnxInput);
+
+    [Benchmark]
+    public void Unrolled() => _net.Forward(_input, _logits);
+
+    [GlobalCleanup]
+    public void Cleanup() => _onnx.Dispose();
+}
+
+public static class Program
+{
+    public static int Main(string[] args)
+    {
+        if (args.Contains("--compare")) return Compare();
+        BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
+        return 0;
+    }
+
+    private static double Median(Action run, int warmup, int runs)
+    {
+        for (int i = 0; i < warmup; i++) run();
+        var times = new List<double>();
+        for (int i = 0; i < runs; i++)
+        {
+            long start = Stopwatch.GetTimestamp();
+            run();
+            times.Add(Stopwatch.GetElapsedTime(start).TotalMilliseconds);
+        }
+        times.Sort();
+        return times[times.Count / 2];
+    }
+
+    /// <summary>The quick side-by-side: median of several runs after warm-up, both engines in this process.</summary>
+    private static int Compare()
+    {
+        string? model = OnnxPeer.FindModel();
+        if (model is null)
+        {
+            Console.Error.WriteLine("../shared/reference/resnet50_zero_weights.onnx was not found above " + AppContext.BaseDirectory);
+            return 2;
+        }
+        using var onnx = new OnnxPeer(model, 2);
+        var net = new ResNet50();
+        foreach (int batch in new[] { 1, 8 })
+        {
+            var input = new float[batch * ResNet50.InputSize];
+            for (int i = 0; i < input.Length; i++) input[i] = (i % 255) / 255f;
+            var logits = new float[batch * ResNet50.NumClasses];
+            var tensor = new DenseTensor<float>(input, new[] { batch, 3, 224, 224 });
+            int runs = batch == 1 ? 15 : 5;
+            double ours = Median(() => net.Forward(input, logits), 3, runs);
+            double theirs = Median(() => onnx.Run(tensor), 3, runs);
+            Console.WriteLine($"compare resnet50-b{batch}: unrolled {ours:F1} ms, onnxruntime {theirs:F1} ms, ratio {ours / theirs:F2}");
+        }
+        return 0;
+    }
+}
