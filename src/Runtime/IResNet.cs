@@ -21,11 +21,18 @@ public interface IResNet
     /// <summary>Every state_dict key in torchvision's order.</summary>
     IReadOnlyList<string> StateKeys { get; }
 
+    /// <summary>The network's state, for optimizers and tools (not for everyday use).</summary>
+    [System.ComponentModel.EditorBrowsable(System.ComponentModel.EditorBrowsableState.Never)]
+    Runtime.NetworkState State { get; }
+
     void Eval();
     void Train();
     void Forward(ReadOnlySpan<float> input, Span<float> logits);
     void LoadWeights(string path);
     void SaveWeights(string path);
+    float ForwardBackward(ReadOnlySpan<float> input, ReadOnlySpan<int> labels, Span<float> logits);
+    void ZeroGrad();
     float[] GetTensor(string key);
+    float[] GetGradient(string key);
     int[] GetShape(string key);
 }

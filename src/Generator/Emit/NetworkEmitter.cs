@@ -34,6 +34,7 @@ internal static class NetworkEmitter
         EmitSpec(w, target, d);
         EmitMembers(w, target, d);
         EmitForward(w, d);
+        EmitForwardBackward(w, d);
         EmitSummary(w, target, d);
         w.Close();
 
@@ -81,7 +82,8 @@ internal static class NetworkEmitter
     {
         w.Line($"private static readonly {Rt}NetworkSpec s_spec = new(");
         w.Line($"    \"{target.ClassName} (ResNet-{d.Options.Depth})\", 3, ImageHeight, ImageWidth, NumClasses,");
-        w.Line($"    valueCount: {Lit(d.ValueCount)}, counterCount: {d.CounterCount}, arenaPerImage: ActivationFloatsPerImage, maxPanelK: {d.MaxPanelK},");
+        w.Line($"    valueCount: {Lit(d.ValueCount)}, counterCount: {d.CounterCount}, arenaPerImage: ActivationFloatsPerImage,");
+        w.Line($"    trainArenaPerImage: {Lit(d.Training.SavedSize)}, gradientArenaPerImage: {Lit(d.Training.GradientSize)}, maxColumns: {Lit(d.MaxColumns)},");
         w.Line($"    entries: new {Rt}StateEntry[]");
         w.Line("    {");
         w.Line("        // key, shape, offset (float offset, or counter index), trainable, initialisation, fan");
@@ -153,10 +155,47 @@ internal static class NetworkEmitter
         w.Line("/// <summary>The shape of a state_dict entry.</summary>");
         w.Line("public int[] GetShape(string key) => _state.GetShape(key);");
         w.Line();
+        w.Line("/// <summary>A copy of a parameter's accumulated gradient by torchvision key (as <c>param.grad</c>).</summary>");
+        w.Line("public float[] GetGradient(string key) => _state.GetGradient(key);");
+        w.Line();
+        w.Line("/// <summary>Zeroes every gradient, as <c>optimizer.zero_grad()</c>.</summary>");
+        w.Line("public void ZeroGrad() => _state.ZeroGrad();");
+        w.Line();
+        w.Line($"{Rt}NetworkState global::Unrolled.IResNet.State => _state;");
+        w.Line();
         w.Line("/// <summary>Overwrites a state_dict entry by torchvision key.</summary>");
         w.Line("public void SetTensor(string key, global::System.ReadOnlySpan<float> values) => _state.SetTensor(key, values);");
         w.Line();
     }
+
+    /// <summary>"// layer1.0: Bottleneck, [n, 64, 56, 56] -> [n, 256, 56, 56]" when a block starts.</summary>
+    private static void BlockHeader(IndentedWriter w, NetworkDescription d, Step step, ref string? block)
+    {
+        string thisBlock = BlockOf(step.Main.Name);
+        if (thisBlock == block) return;
+        w.Line();
+        if (thisBlock.Length > 0)
+        {
+            var inBlock = d.Layers.Where(x => BlockOf(x.Name) == thisBlock).ToList();
+            w.Line($"// {thisBlock}: {d.BlockType}, {inBlock[0].In} -> {inBlock[inBlock.Count - 1].Out}");
+        }
+        block = thisBlock;
+    }
+
+    private static string Comment(Step step)
+    {
+        var l = step.Main;
+        string names = string.Join(" + ", step.Names.Select(n => Short(n) + (step.Residual >= 0 && n.EndsWith(".add", StringComparison.Ordinal) ? $" ({step.ResidualKind})" : "")));
+        return step.Kind switch
+        {
+            StepKind.ConvBn or StepKind.MaxPool => $"{names}: {l.In} -> {l.Out}, {l.Kernel}x{l.Kernel} stride {l.Stride} pad {l.Pad}",
+            StepKind.AvgPool => $"{names}: {l.In} -> [n, {l.Out.C}]",
+            _ => $"{names}: [n, {l.In.C}] -> [n, {l.Out.C}]",
+        };
+    }
+
+    private static string Shapes(Layer l) =>
+        $"n, {l.In.C}, {l.In.H}, {l.In.W}, {l.Out.C}, {l.Out.H}, {l.Out.W}, {l.Kernel}, {l.Stride}, {l.Pad}";
 
     private static void EmitForward(IndentedWriter w, NetworkDescription d)
     {
@@ -165,6 +204,7 @@ internal static class NetworkEmitter
         w.Line("/// <summary>");
         w.Line($"/// Runs the network on <paramref name=\"input\"/> (NCHW float32, [n, 3, {d.Options.ImageHeight}, {d.Options.ImageWidth}], n = input.Length / InputSize)");
         w.Line($"/// and writes [n, {d.Options.NumClasses}] logits. Allocates nothing after the first call at a batch size.");
+        w.Line("/// In train mode BatchNorm uses (and updates) batch statistics, as in PyTorch.");
         w.Line("/// </summary>");
         w.Open("public void Forward(global::System.ReadOnlySpan<float> input, global::System.Span<float> logits)");
         w.Line("var s = _state;");
@@ -176,76 +216,116 @@ internal static class NetworkEmitter
             : tensor == logits ? "logits"
             : $"a.Slice({Lit(plan.Offsets[tensor])} * n, {Lit(d.Tensors[tensor].Size)} * n)";
 
-        var layers = d.Layers;
         string? block = null;
-        for (int i = 0; i < layers.Count; i++)
+        foreach (var step in d.Steps)
         {
-            var l = layers[i];
-            string thisBlock = BlockOf(l.Name);
-            if (thisBlock != block)
+            BlockHeader(w, d, step, ref block);
+            var l = step.Main;
+            w.Line("// " + Comment(step));
+            switch (step.Kind)
             {
-                w.Line();
-                if (thisBlock.Length > 0)
-                {
-                    var inBlock = layers.Where(x => BlockOf(x.Name) == thisBlock).ToList();
-                    w.Line($"// {thisBlock}: {d.BlockType}, {inBlock[0].In} -> {inBlock[inBlock.Count - 1].Out}");
-                }
-                block = thisBlock;
-            }
-
-            switch (l.Kind)
-            {
-                case LayerKind.Conv:
-                {
-                    // Conv, its BatchNorm, then (in place) an optional residual add and an optional ReLU: one kernel call.
-                    var bn = layers[i + 1];
-                    int end = i + 1;
-                    string residual = "default";
-                    var names = new List<string> { l.Name, bn.Name };
-                    if (end + 1 < layers.Count && layers[end + 1].Kind == LayerKind.Add && layers[end + 1].Inputs[0] == bn.Output)
-                    {
-                        end++;
-                        residual = T(layers[end].Inputs[1]);
-                        names.Add(layers[end].Name + " " + Describe(layers[end].Inputs[1], layers));
-                    }
-                    bool relu = end + 1 < layers.Count && layers[end + 1].Kind == LayerKind.Relu && layers[end + 1].Inputs[0] == layers[end].Output;
-                    if (relu)
-                    {
-                        end++;
-                        names.Add(layers[end].Name);
-                    }
-                    int conv = d.Convs.First(c => c.Name == l.Name).Index;
-                    w.Line($"// {string.Join(" + ", names.Select(Short))}: {l.In} -> {l.Out}, {l.Kernel}x{l.Kernel} stride {l.Stride} pad {l.Pad}");
-                    w.Line($"s.Conv({conv}, {T(l.Inputs[0])}, {T(layers[end].Output)}, {residual}, n, {l.In.C}, {l.In.H}, {l.In.W}, {l.Out.C}, {l.Out.H}, {l.Out.W}, {l.Kernel}, {l.Stride}, {l.Pad}, relu: {(relu ? "true" : "false")});");
-                    i = end;
+                case StepKind.ConvBn:
+                    w.Line($"s.Conv({step.Conv}, {T(step.Input)}, {T(step.Output)}, {(step.Residual >= 0 ? T(step.Residual) : "default")}, {Shapes(l)}, relu: {Bool(step.Relu)});");
                     break;
-                }
-                case LayerKind.MaxPool:
-                    w.Line($"// {l.Name}: {l.In} -> {l.Out}, {l.Kernel}x{l.Kernel} stride {l.Stride} pad {l.Pad}");
-                    w.Line($"s.MaxPool({T(l.Inputs[0])}, {T(l.Output)}, n, {l.In.C}, {l.In.H}, {l.In.W}, {l.Out.H}, {l.Out.W}, {l.Kernel}, {l.Stride}, {l.Pad});");
+                case StepKind.MaxPool:
+                    w.Line($"s.MaxPool({T(step.Input)}, {T(step.Output)}, n, {l.In.C}, {l.In.H}, {l.In.W}, {l.Out.H}, {l.Out.W}, {l.Kernel}, {l.Stride}, {l.Pad});");
                     break;
-                case LayerKind.AvgPool:
-                    w.Line($"// {l.Name}: {l.In} -> [n, {l.Out.C}]");
-                    w.Line($"s.GlobalAveragePool({T(l.Inputs[0])}, {T(l.Output)}, n, {l.In.C}, {l.In.H * l.In.W});");
+                case StepKind.AvgPool:
+                    w.Line($"s.GlobalAveragePool({T(step.Input)}, {T(step.Output)}, n, {l.In.C}, {l.In.H * l.In.W});");
                     break;
-                case LayerKind.Linear:
-                    w.Line($"// {l.Name}: [n, {l.In.C}] -> [n, {l.Out.C}]");
-                    w.Line($"s.Linear({T(l.Inputs[0])}, {T(l.Output)}, n);");
+                case StepKind.Linear:
+                    w.Line($"s.Linear({T(step.Input)}, {T(step.Output)}, n);");
                     break;
-                default:
-                    throw new InvalidOperationException($"{l.Name}: a {l.Kind} that does not follow a conv cannot be emitted");
             }
         }
         w.Close();
         w.Line();
     }
 
-    private static string Describe(int tensor, EquatableArray<Layer> layers)
+    private static void EmitForwardBackward(IndentedWriter w, NetworkDescription d)
     {
-        foreach (var l in layers)
-            if (l.Output == tensor) return l.Kind == LayerKind.BatchNorm ? $"(downsample)" : "(identity)";
-        return "(identity)";
+        var plan = d.Training;
+        int logits = d.Tensors.Count - 1;
+        w.Line("/// <summary>");
+        w.Line("/// One training step's forward and backward, as <c>loss = CrossEntropyLoss()(model(input), labels); loss.backward()</c>:");
+        w.Line("/// returns the mean cross-entropy, writes the logits, and adds every parameter's gradient to what has");
+        w.Line("/// accumulated (until <see cref=\"ZeroGrad\"/>). BatchNorm follows the mode: batch statistics after");
+        w.Line("/// <see cref=\"Train\"/>, running statistics after <see cref=\"Eval\"/>. Labels are checked before any work.");
+        w.Line("/// Allocates nothing after the first call at a batch size.");
+        w.Line("/// </summary>");
+        w.Open("public float ForwardBackward(global::System.ReadOnlySpan<float> input, global::System.ReadOnlySpan<int> labels, global::System.Span<float> logits)");
+        w.Line("var s = _state;");
+        w.Line("// Saved activations (a) and activation gradients (g), at compile-time offsets (floats per image, times n).");
+        w.Line("global::System.Span<float> a = s.BeginTraining(input.Length, labels, logits.Length, out int n, out global::System.Span<float> g);");
+
+        string A(int tensor) =>
+            tensor == 0 ? "input"
+            : tensor == logits ? "logits"
+            : $"a.Slice({Lit(plan.Saved[tensor])} * n, {Lit(d.Tensors[tensor].Size)} * n)";
+        string G(int tensor) => tensor <= 0 ? "default" : $"g.Slice({Lit(plan.Gradient[tensor])} * n, {Lit(d.Tensors[tensor].Size)} * n)";
+
+        string? block = null;
+        w.Line();
+        w.Line("// ---- forward, keeping what backward needs: each conv's output before BatchNorm (z) and after (a)");
+        foreach (var step in d.Steps)
+        {
+            BlockHeader(w, d, step, ref block);
+            var l = step.Main;
+            w.Line("// " + Comment(step));
+            switch (step.Kind)
+            {
+                case StepKind.ConvBn:
+                    w.Line($"s.ConvTrain({step.Conv}, {A(step.Input)}, {A(step.PreNorm)}, {A(step.Output)}, {(step.Residual >= 0 ? A(step.Residual) : "default")}, {Shapes(l)}, relu: {Bool(step.Relu)});");
+                    break;
+                case StepKind.MaxPool:
+                    w.Line($"s.MaxPool({A(step.Input)}, {A(step.Output)}, n, {l.In.C}, {l.In.H}, {l.In.W}, {l.Out.H}, {l.Out.W}, {l.Kernel}, {l.Stride}, {l.Pad});");
+                    break;
+                case StepKind.AvgPool:
+                    w.Line($"s.GlobalAveragePool({A(step.Input)}, {A(step.Output)}, n, {l.In.C}, {l.In.H * l.In.W});");
+                    break;
+                case StepKind.Linear:
+                    w.Line($"s.Linear({A(step.Input)}, {A(step.Output)}, n);");
+                    break;
+            }
+        }
+
+        w.Line();
+        w.Line("// ---- loss: mean cross-entropy, and dL/dlogits");
+        w.Line($"float loss = s.CrossEntropy(logits, labels, {G(logits)}, n);");
+        w.Line();
+        w.Line("// ---- backward: the same steps in reverse; a gradient is zeroed before its first contribution");
+        block = null;
+        for (int i = d.Steps.Count - 1; i >= 0; i--)
+        {
+            var step = d.Steps[i];
+            BlockHeader(w, d, step, ref block);
+            var l = step.Main;
+            w.Line("// backward of " + Comment(step));
+            foreach (int t in new[] { step.Input, step.Residual })
+                if (t > 0 && plan.ZeroAt[t] == i) w.Line($"{G(t)}.Clear();");
+            switch (step.Kind)
+            {
+                case StepKind.ConvBn:
+                    w.Line($"s.ConvBackward({step.Conv}, {A(step.Input)}, {A(step.PreNorm)}, {A(step.Output)}, {G(step.Output)}, {(step.Residual >= 0 ? G(step.Residual) : "default")}, {G(step.Input)}, {Shapes(l)}, relu: {Bool(step.Relu)});");
+                    break;
+                case StepKind.MaxPool:
+                    w.Line($"s.MaxPoolBackward({A(step.Input)}, {G(step.Output)}, {G(step.Input)}, n, {l.In.C}, {l.In.H}, {l.In.W}, {l.Out.H}, {l.Out.W}, {l.Kernel}, {l.Stride}, {l.Pad});");
+                    break;
+                case StepKind.AvgPool:
+                    w.Line($"s.GlobalAveragePoolBackward({G(step.Output)}, {G(step.Input)}, n, {l.In.C}, {l.In.H * l.In.W});");
+                    break;
+                case StepKind.Linear:
+                    w.Line($"s.LinearBackward({A(step.Input)}, {G(step.Output)}, {G(step.Input)}, n);");
+                    break;
+            }
+        }
+        w.Line();
+        w.Line("return loss;");
+        w.Close();
+        w.Line();
     }
+
+    private static string Bool(bool b) => b ? "true" : "false";
 
     private static string BlockOf(string name)
     {

@@ -86,17 +86,22 @@ internal sealed record NetworkDescription(
     long ParameterCount,
     long Macs,
     EquatableArray<Shape> Tensors,
-    MemoryPlan Plan)
+    MemoryPlan Plan,
+    EquatableArray<Step> Steps,
+    TrainingPlan Training)
 {
     public Shape InputShape => Tensors[0];
 
-    public int MaxPanelK
+    /// <summary>Largest (Cin x k x k) x (OH x OW) over the convolutions: the im2col scratch of one image in backward.</summary>
+    public long MaxColumns
     {
         get
         {
-            int k = 0;
-            foreach (var c in Convs) k = Math.Max(k, c.InChannels * c.Kernel * c.Kernel);
-            return k;
+            long max = 0;
+            foreach (var s in Steps)
+                if (s.Kind == StepKind.ConvBn)
+                    max = Math.Max(max, (long)s.Main.In.C * s.Main.Kernel * s.Main.Kernel * s.Main.Out.H * s.Main.Out.W);
+            return max;
         }
     }
 

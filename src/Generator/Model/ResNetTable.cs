@@ -194,10 +194,11 @@ internal static class ResNetTable
                 if (l.Kind == LayerKind.Conv) convs.Add(_convs[l.Name] with { Index = convs.Count });
             }
             var layers = new EquatableArray<Layer>(_layers);
+            var steps = Step.Build(_layers);
             return new NetworkDescription(o, blockType, new EquatableArray<int>(blocks), layers,
                 new EquatableArray<StateEntryInfo>(_entries), new EquatableArray<ConvInfo>(convs),
                 _values, _counters, parameters, macs, new EquatableArray<Shape>(_tensors),
-                MemoryPlan.Create(layers, _tensors));
+                MemoryPlan.Create(layers, _tensors), steps, TrainingPlan.Create(steps, _tensors));
         }
     }
 }

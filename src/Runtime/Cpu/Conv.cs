@@ -18,8 +18,6 @@ internal static unsafe class Conv
         public bool Relu;
     }
 
-    [ThreadStatic] private static Gemm.Scratch t_panel;
-
     /// <summary>
     /// y = relu?(conv(x, A) + bias + residual). <paramref name="packedA"/> comes from <see cref="Gemm.PackA"/> of
     /// the [Cout x Cin*k*k] weights; <paramref name="bias"/> is [Cout] or empty; <paramref name="residual"/> is
@@ -62,7 +60,7 @@ internal static unsafe class Conv
 
         int n0 = panel * Gemm.NR;
         int cols = Math.Min(Gemm.NR, j.N - n0);
-        float* b = t_panel.Get((long)j.K * Gemm.NR);
+        float* b = Gemm.t_panel.Get((long)j.K * Gemm.NR);
         float* x = j.X + (long)image * j.Cin * j.H * j.W;
         PackColumns(ref j, x, n0, cols, b);
 

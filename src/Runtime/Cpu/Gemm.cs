@@ -163,6 +163,73 @@ internal static unsafe class Gemm
         }
     }
 
+    [ThreadStatic] internal static Scratch t_panel;
+
+    /// <summary>Packs the transpose of a row-major [rows x cols] matrix (W^T for the data gradient) into MR-row panels.</summary>
+    public static void PackATransposed(ReadOnlySpan<float> a, int rows, int cols, Span<float> packed)
+    {
+        // The packed matrix is A^T: cols x rows.
+        int panels = (cols + MR - 1) / MR;
+        packed = packed.Slice(0, panels * MR * rows);
+        packed.Clear();
+        for (int r = 0; r < rows; r++)
+        {
+            var src = a.Slice(r * cols, cols);
+            for (int c = 0; c < cols; c++) packed[c / MR * MR * rows + r * MR + c % MR] = src[c];
+        }
+    }
+
+    private struct MultiplyJob
+    {
+        public float* A, B, C;
+        public int M, K, N, Ldb, Ldc, ColumnPanels, RowChunks, PanelsPerChunk;
+        public bool Accumulate;
+    }
+
+    /// <summary>
+    /// C[M x N] (+)= A[M x K] . B[K x N] on every core: A packed by <see cref="PackA"/>, B row-major with row
+    /// stride <paramref name="ldb"/>, C row-major with row stride <paramref name="ldc"/>.
+    /// </summary>
+    public static void Multiply(float* packedA, int m, int k, float* b, int ldb, int n, float* c, int ldc, bool accumulate)
+    {
+        int columnPanels = (n + NR - 1) / NR;
+        int rowPanels = (m + MR - 1) / MR;
+        int threads = WorkerPool.Shared.Threads;
+        int rowChunks = Math.Clamp((8 * threads + columnPanels - 1) / columnPanels, 1, rowPanels);
+        int panelsPerChunk = (rowPanels + rowChunks - 1) / rowChunks;
+        rowChunks = (rowPanels + panelsPerChunk - 1) / panelsPerChunk;
+        var job = new MultiplyJob
+        {
+            A = packedA, B = b, C = c, M = m, K = k, N = n, Ldb = ldb, Ldc = ldc,
+            ColumnPanels = columnPanels, RowChunks = rowChunks, PanelsPerChunk = panelsPerChunk, Accumulate = accumulate,
+        };
+        WorkerPool.Shared.Run(&MultiplyItem, &job, columnPanels * rowChunks);
+    }
+
+    private static void MultiplyItem(void* context, int item)
+    {
+        ref MultiplyJob j = ref Unsafe.AsRef<MultiplyJob>(context);
+        int chunk = item % j.RowChunks;
+        int panel = item / j.RowChunks;
+        int n0 = panel * NR;
+        int cols = Math.Min(NR, j.N - n0);
+        float* bp = t_panel.Get((long)j.K * NR);
+        for (int kk = 0; kk < j.K; kk++)
+        {
+            float* dst = bp + (long)kk * NR;
+            new ReadOnlySpan<float>(j.B + (long)kk * j.Ldb + n0, cols).CopyTo(new Span<float>(dst, cols));
+            if (cols < NR) new Span<float>(dst + cols, NR - cols).Clear();
+        }
+        int first = chunk * j.PanelsPerChunk;
+        int last = Math.Min(first + j.PanelsPerChunk, (j.M + MR - 1) / MR);
+        for (int rp = first; rp < last; rp++)
+        {
+            int m0 = rp * MR;
+            float* c = j.C + (long)m0 * j.Ldc + n0;
+            Tile(j.K, j.A + (long)rp * MR * j.K, bp, c, j.Ldc, Math.Min(MR, j.M - m0), cols, null, j.Accumulate ? c : null, false);
+        }
+    }
+
     /// <summary>Unmanaged, 64-byte aligned scratch that grows on demand and is never freed (one per thread).</summary>
     internal struct Scratch
     {

@@ -31,57 +31,74 @@ internal static unsafe class Kernels
 
     private struct BnJob
     {
-        public float* Y, Residual, Bn;
+        public float* Z, A, Residual, Bn, Mean, InvStd;
         public int Batch, C, Hw;
-        public bool Relu;
+        public bool Relu, BatchStatistics;
     }
 
     /// <summary>
-    /// Train-mode BatchNorm in place on y [batch, C, hw]: normalizes with the batch mean and biased variance
-    /// (accumulated in double), then adds the residual and applies ReLU; updates running_mean and running_var
-    /// (unbiased) with momentum 0.1, as torch.nn.BatchNorm2d does.
+    /// BatchNorm forward from z into a (which may be z itself), then the residual and ReLU:
+    /// a = relu?(gamma (z - mean) invStd + beta + residual). With <paramref name="batchStatistics"/> (train mode)
+    /// mean and the biased variance come from the batch (accumulated in double) and running_mean/running_var
+    /// (unbiased) are updated with momentum 0.1, as torch.nn.BatchNorm2d does; otherwise the running statistics
+    /// are used. The mean and 1/sqrt(var + eps) used are written to <paramref name="mean"/> and <paramref name="invStd"/>.
     /// </summary>
-    public static void BatchNormTrain(Span<float> y, ReadOnlySpan<float> residual, Span<float> bn,
-        int batch, int c, int hw, bool relu)
+    public static void BatchNormForward(ReadOnlySpan<float> z, Span<float> a, ReadOnlySpan<float> residual, Span<float> bn,
+        Span<float> mean, Span<float> invStd, int batch, int c, int hw, bool relu, bool batchStatistics)
     {
-        fixed (float* py = y, pr = residual, pbn = bn)
+        fixed (float* pz = z, pa = a, pr = residual, pbn = bn, pm = mean, pi = invStd)
         {
-            var job = new BnJob { Y = py, Residual = residual.IsEmpty ? null : pr, Bn = pbn, Batch = batch, C = c, Hw = hw, Relu = relu };
-            WorkerPool.Shared.Run(&BatchNormTrainChannel, &job, c);
+            var job = new BnJob
+            {
+                Z = pz, A = pa, Residual = residual.IsEmpty ? null : pr, Bn = pbn, Mean = pm, InvStd = pi,
+                Batch = batch, C = c, Hw = hw, Relu = relu, BatchStatistics = batchStatistics,
+            };
+            WorkerPool.Shared.Run(&BatchNormChannel, &job, c);
         }
     }
 
-    private static void BatchNormTrainChannel(void* context, int ch)
+    private static void BatchNormChannel(void* context, int ch)
     {
         ref BnJob j = ref Unsafe.AsRef<BnJob>(context);
-        long count = (long)j.Batch * j.Hw;
-        double sum = 0;
-        for (int n = 0; n < j.Batch; n++) sum += Sum(new ReadOnlySpan<float>(j.Y + ((long)n * j.C + ch) * j.Hw, j.Hw));
-        double mean = sum / count;
-        double sq = 0;
-        for (int n = 0; n < j.Batch; n++)
+        float* runningMean = j.Bn + 2 * j.C;
+        float* runningVar = j.Bn + 3 * j.C;
+        double mean, variance;
+        if (j.BatchStatistics)
         {
-            float* p = j.Y + ((long)n * j.C + ch) * j.Hw;
-            for (int i = 0; i < j.Hw; i++)
+            long count = (long)j.Batch * j.Hw;
+            double sum = 0;
+            for (int n = 0; n < j.Batch; n++) sum += Sum(new ReadOnlySpan<float>(j.Z + ((long)n * j.C + ch) * j.Hw, j.Hw));
+            mean = sum / count;
+            double sq = 0;
+            for (int n = 0; n < j.Batch; n++)
             {
-                double d = p[i] - mean;
-                sq += d * d;
+                float* p = j.Z + ((long)n * j.C + ch) * j.Hw;
+                for (int i = 0; i < j.Hw; i++)
+                {
+                    double d = p[i] - mean;
+                    sq += d * d;
+                }
             }
+            variance = sq / count;
+            runningMean[ch] = (float)((1 - BatchNormMomentum) * runningMean[ch] + BatchNormMomentum * mean);
+            runningVar[ch] = (float)((1 - BatchNormMomentum) * runningVar[ch] + BatchNormMomentum * variance * count / (count - 1));
         }
-        double variance = sq / count;
+        else
+        {
+            mean = runningMean[ch];
+            variance = runningVar[ch];
+        }
+
         double invStd = 1.0 / Math.Sqrt(variance + BatchNormEpsilon);
+        j.Mean[ch] = (float)mean;
+        j.InvStd[ch] = (float)invStd;
         float scale = (float)(j.Bn[ch] * invStd);
         float shift = (float)(j.Bn[j.C + ch] - mean * j.Bn[ch] * invStd);
         for (int n = 0; n < j.Batch; n++)
         {
             long at = ((long)n * j.C + ch) * j.Hw;
-            ScaleShift(j.Y + at, j.Residual == null ? null : j.Residual + at, j.Hw, scale, shift, j.Relu);
+            ScaleShift(j.Z + at, j.A + at, j.Residual == null ? null : j.Residual + at, j.Hw, scale, shift, j.Relu);
         }
-
-        float* runningMean = j.Bn + 2 * j.C;
-        float* runningVar = j.Bn + 3 * j.C;
-        runningMean[ch] = (float)((1 - BatchNormMomentum) * runningMean[ch] + BatchNormMomentum * mean);
-        runningVar[ch] = (float)((1 - BatchNormMomentum) * runningVar[ch] + BatchNormMomentum * variance * count / (count - 1));
     }
 
     private static double Sum(ReadOnlySpan<float> values)
@@ -105,21 +122,21 @@ internal static unsafe class Kernels
         return total;
     }
 
-    private static void ScaleShift(float* y, float* residual, int count, float scale, float shift, bool relu)
+    private static void ScaleShift(float* z, float* y, float* residual, int count, float scale, float shift, bool relu)
     {
         int i = 0;
         var s = new Vector<float>(scale);
         var t = new Vector<float>(shift);
         for (; i <= count - Vector<float>.Count; i += Vector<float>.Count)
         {
-            var v = Unsafe.ReadUnaligned<Vector<float>>(y + i) * s + t;
+            var v = Unsafe.ReadUnaligned<Vector<float>>(z + i) * s + t;
             if (residual != null) v += Unsafe.ReadUnaligned<Vector<float>>(residual + i);
             if (relu) v = Vector.Max(v, Vector<float>.Zero);
             Unsafe.WriteUnaligned(y + i, v);
         }
         for (; i < count; i++)
         {
-            float v = y[i] * scale + shift;
+            float v = z[i] * scale + shift;
             if (residual != null) v += residual[i];
             if (relu && v < 0f) v = 0f;
             y[i] = v;

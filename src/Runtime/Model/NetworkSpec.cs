@@ -58,11 +58,12 @@ public readonly record struct ConvSpec(long Weight, long BatchNorm, int Counter,
 public sealed class NetworkSpec
 {
     public NetworkSpec(string name, int channels, int height, int width, int numClasses,
-        long valueCount, int counterCount, long arenaPerImage, int maxPanelK,
+        long valueCount, int counterCount, long arenaPerImage, long trainArenaPerImage, long gradientArenaPerImage, long maxColumns,
         StateEntry[] entries, ConvSpec[] convs, long fcWeight, long fcBias, int fcIn)
     {
         Name = name; Channels = channels; Height = height; Width = width; NumClasses = numClasses;
-        ValueCount = valueCount; CounterCount = counterCount; ArenaPerImage = arenaPerImage; MaxPanelK = maxPanelK;
+        ValueCount = valueCount; CounterCount = counterCount; ArenaPerImage = arenaPerImage;
+        TrainArenaPerImage = trainArenaPerImage; GradientArenaPerImage = gradientArenaPerImage; MaxColumns = maxColumns;
         Entries = entries; Convs = convs; FcWeight = fcWeight; FcBias = fcBias; FcIn = fcIn;
     }
 
@@ -75,8 +76,12 @@ public sealed class NetworkSpec
     public int CounterCount { get; }
     /// <summary>Floats of activation memory per image in the static plan.</summary>
     public long ArenaPerImage { get; }
-    /// <summary>Largest Cin x k x k over the convolutions (the packing buffers' depth).</summary>
-    public int MaxPanelK { get; }
+    /// <summary>Floats per image of the activations a training step saves for backward.</summary>
+    public long TrainArenaPerImage { get; }
+    /// <summary>Floats per image of the planned activation gradients.</summary>
+    public long GradientArenaPerImage { get; }
+    /// <summary>Largest (Cin x k x k) x (OH x OW) of one image over the convolutions: the im2col scratch of backward.</summary>
+    public long MaxColumns { get; }
     public StateEntry[] Entries { get; }
     public ConvSpec[] Convs { get; }
     public long FcWeight { get; }

@@ -1,7 +1,6 @@
 using System;
 using System.Collections.Generic;
 using System.ComponentModel;
-using System.IO;
 using Unrolled.Cpu;
 using Unrolled.IO;
 
@@ -9,28 +8,40 @@ namespace Unrolled.Runtime;
 
 /// <summary>
 /// The data behind a generated network: every state_dict entry in one float array (plus the int64 counters),
-/// the weights prepared for the kernels, and the activation arena of the static memory plan. The generated
+/// the gradients, the weights prepared for the kernels, and the arenas of the static memory plans. The generated
 /// class owns one and calls its kernels in straight-line code; users never need this type directly.
 /// </summary>
 [EditorBrowsable(EditorBrowsableState.Never)]
-public sealed class NetworkState
+public sealed unsafe class NetworkState
 {
     private readonly NetworkSpec _spec;
     private readonly Dictionary<string, StateEntry> _byKey;
     private float[] _values;
     private long[] _counters;
+    private readonly float[] _gradients;
 
     // Weights as the kernels stream them, rebuilt when the weights, the BN statistics or the mode change.
     private readonly float[][] _packed;
     private readonly float[][] _bias;
+    private float[][]? _packedTransposed;
     private readonly float[] _foldScratch;
-    private long _version;
-    private long _preparedVersion = -1;
-    private bool _preparedTraining;
+    private long _weightsVersion;
+    private long _statisticsVersion;
+    private (long Weights, long Statistics, bool Raw) _prepared = (-1, -1, false);
+    private long _preparedTransposed = -1;
+
+    // Per conv: the mean and 1/sqrt(var + eps) its BatchNorm used in the last training forward.
+    private readonly float[][] _bnMean;
+    private readonly float[][] _bnInvStd;
+    private bool _batchStatistics;
 
     private float[] _arena = Array.Empty<float>();
+    private float[] _trainArena = Array.Empty<float>();
+    private float[] _gradientArena = Array.Empty<float>();
+    private float[] _columns = Array.Empty<float>();
+    private float[] _packedGradient = Array.Empty<float>();
 
-    public NetworkState(NetworkSpec spec, Device device, bool zeroInitResidual = false, int seed = 0)
+    public NetworkState(NetworkSpec spec, Device device, int seed = 0)
     {
         _spec = spec;
         Device = device switch
@@ -41,23 +52,37 @@ public sealed class NetworkState
             _ => throw new ArgumentOutOfRangeException(nameof(device), device, "expected Device.Cpu, Device.Auto or Device.Cuda"),
         };
         _values = new float[spec.ValueCount];
+        _gradients = new float[spec.ValueCount];
         _counters = new long[spec.CounterCount];
         _byKey = new Dictionary<string, StateEntry>(spec.Entries.Length, StringComparer.Ordinal);
-        foreach (var e in spec.Entries) _byKey.Add(e.Key, e);
+        var parameters = new List<(int, int)>();
+        foreach (var e in spec.Entries)
+        {
+            _byKey.Add(e.Key, e);
+            if (e.IsParameter) parameters.Add(((int)e.Offset, (int)e.Count));
+        }
+        ParameterRanges = parameters.ToArray();
         Initialize(seed);
 
-        _packed = new float[spec.Convs.Length][];
-        _bias = new float[spec.Convs.Length][];
+        int convs = spec.Convs.Length;
+        _packed = new float[convs][];
+        _bias = new float[convs][];
+        _bnMean = new float[convs][];
+        _bnInvStd = new float[convs][];
         int maxWeights = 0;
-        for (int i = 0; i < spec.Convs.Length; i++)
+        for (int i = 0; i < convs; i++)
         {
             var c = spec.Convs[i];
-            _packed[i] = new float[(c.OutChannels + Gemm.MR - 1) / Gemm.MR * Gemm.MR * c.K];
+            _packed[i] = new float[Padded(c.OutChannels) * c.K];
             _bias[i] = new float[c.OutChannels];
+            _bnMean[i] = new float[c.OutChannels];
+            _bnInvStd[i] = new float[c.OutChannels];
             maxWeights = Math.Max(maxWeights, c.OutChannels * c.K);
         }
         _foldScratch = new float[maxWeights];
     }
+
+    private static int Padded(int rows) => (rows + Gemm.MR - 1) / Gemm.MR * Gemm.MR;
 
     public Device Device { get; }
 
@@ -65,6 +90,21 @@ public sealed class NetworkState
 
     /// <summary>Train-mode BatchNorm (batch statistics, running statistics updated) when true.</summary>
     public bool IsTraining { get; set; }
+
+    /// <summary>(offset, count) of every trainable parameter in the value and gradient arrays, in state_dict order.</summary>
+    public (int Offset, int Count)[] ParameterRanges { get; }
+
+    /// <summary>Every value, in the layout of the spec's entries (optimizers update it in place).</summary>
+    public Span<float> Values => _values;
+
+    /// <summary>Every gradient, in the layout of the values (zero outside the parameters).</summary>
+    public Span<float> Gradients => _gradients;
+
+    /// <summary>The int64 counters (num_batches_tracked).</summary>
+    public Span<long> Counters => _counters;
+
+    /// <summary>Call after changing <see cref="Values"/> directly, so prepared weights are rebuilt.</summary>
+    public void MarkWeightsChanged() => _weightsVersion++;
 
     public IReadOnlyList<string> StateKeys
     {
@@ -113,7 +153,7 @@ public sealed class NetworkState
 
     // ---------------------------------------------------------------- state access
 
-    private StateEntry Entry(string key)
+    public StateEntry Entry(string key)
     {
         ArgumentNullException.ThrowIfNull(key);
         if (_byKey.TryGetValue(key, out var e)) return e;
@@ -128,6 +168,15 @@ public sealed class NetworkState
         return e.IsCounter ? new[] { (float)_counters[e.Offset] } : _values.AsSpan((int)e.Offset, (int)e.Count).ToArray();
     }
 
+    /// <summary>A copy of a parameter's accumulated gradient (as <c>param.grad</c> after <c>loss.backward()</c>).</summary>
+    public float[] GetGradient(string key)
+    {
+        var e = Entry(key);
+        if (!e.IsParameter)
+            throw new ArgumentException($"'{key}' is a buffer (running statistics or a counter), not a parameter, and has no gradient.", nameof(key));
+        return _gradients.AsSpan((int)e.Offset, (int)e.Count).ToArray();
+    }
+
     public int[] GetShape(string key) => (int[])Entry(key).Shape.Clone();
 
     /// <summary>Overwrites one entry (exactly its element count).</summary>
@@ -138,8 +187,12 @@ public sealed class NetworkState
             throw new ArgumentException($"'{key}' has shape [{string.Join(", ", e.Shape)}] ({e.Count} elements); {values.Length} were given.", nameof(values));
         if (e.IsCounter) _counters[e.Offset] = (long)values[0];
         else values.CopyTo(_values.AsSpan((int)e.Offset, (int)e.Count));
-        _version++;
+        _weightsVersion++;
+        _statisticsVersion++;
     }
+
+    /// <summary>Sets every gradient to zero (as <c>optimizer.zero_grad()</c>).</summary>
+    public void ZeroGrad() => Array.Clear(_gradients);
 
     /// <summary>Loads a torchvision state_dict (torch.save zip or .safetensors), strictly and all-or-nothing.</summary>
     public void LoadWeights(string path)
@@ -186,7 +239,8 @@ public sealed class NetworkState
         }
         _values = values;
         _counters = counters;
-        _version++;
+        _weightsVersion++;
+        _statisticsVersion++;
     }
 
     private static string List(List<string> keys) =>
@@ -200,12 +254,9 @@ public sealed class NetworkState
         return true;
     }
 
-    /// <summary>Writes the state_dict as .safetensors (torchvision's keys and shapes), atomically.</summary>
-    public void SaveWeights(string path)
+    /// <summary>The state_dict as tensors to write (keys and shapes as torchvision's).</summary>
+    internal List<(string Key, int[] Shape, ReadOnlyMemory<float> Floats, long? Int64)> StateTensors()
     {
-        ArgumentNullException.ThrowIfNull(path);
-        if (!path.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase))
-            throw new ArgumentException($"'{path}': SaveWeights writes .safetensors (readable by safetensors.torch.load_file and by LoadWeights); give the path a .safetensors extension.", nameof(path));
         var tensors = new List<(string, int[], ReadOnlyMemory<float>, long?)>(_spec.Entries.Length);
         foreach (var e in _spec.Entries)
         {
@@ -213,81 +264,211 @@ public sealed class NetworkState
                 ? (e.Key, e.Shape, ReadOnlyMemory<float>.Empty, _counters[e.Offset])
                 : (e.Key, e.Shape, new ReadOnlyMemory<float>(_values, (int)e.Offset, (int)e.Count), null));
         }
-        SafeTensorsFile.Write(path, tensors, new Dictionary<string, string> { ["format"] = "pt", ["network"] = _spec.Name });
+        return tensors;
     }
 
-    // ---------------------------------------------------------------- the kernels the generated code calls
+    /// <summary>Writes the state_dict as .safetensors (torchvision's keys and shapes), atomically.</summary>
+    public void SaveWeights(string path)
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        if (!path.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase))
+            throw new ArgumentException($"'{path}': SaveWeights writes .safetensors (readable by safetensors.torch.load_file and by LoadWeights); give the path a .safetensors extension.", nameof(path));
+        SafeTensorsFile.Write(path, StateTensors(), new Dictionary<string, string> { ["format"] = "pt", ["network"] = _spec.Name });
+    }
 
-    /// <summary>Checks the lengths, prepares weights if needed and returns the activation arena for the batch.</summary>
-    public Span<float> BeginForward(int inputLength, int logitsLength, out int batch)
+    // ---------------------------------------------------------------- preparing
+
+    private int BatchOf(int inputLength, int logitsLength)
     {
         int perImage = _spec.InputSize;
         if (inputLength == 0 || inputLength % perImage != 0)
             throw new ArgumentException(
                 $"{_spec.Name}: input has {inputLength} floats; expected a multiple of 3 x {_spec.Height} x {_spec.Width} = {perImage} (NCHW float32, batch = length / {perImage}).", "input");
-        batch = inputLength / perImage;
+        int batch = inputLength / perImage;
         if (logitsLength != batch * _spec.NumClasses)
             throw new ArgumentException(
                 $"{_spec.Name}: logits has {logitsLength} floats; a batch of {batch} needs {batch} x {_spec.NumClasses} = {batch * _spec.NumClasses}.", "logits");
+        return batch;
+    }
+
+    private static void Ensure(ref float[] buffer, long floats, string what, string name, int batch)
+    {
+        if (floats > Array.MaxLength)
+            throw new ArgumentException($"{name}: a batch of {batch} needs {floats} floats of {what}, more than one array holds; use a smaller batch.", "input");
+        if (buffer.Length < floats) buffer = new float[floats];
+    }
+
+    /// <summary>Checks the lengths, prepares weights if needed and returns the activation arena for the batch.</summary>
+    public Span<float> BeginForward(int inputLength, int logitsLength, out int batch)
+    {
+        batch = BatchOf(inputLength, logitsLength);
         long need = (long)batch * _spec.ArenaPerImage;
-        if (need > Array.MaxLength)
-            throw new ArgumentException($"{_spec.Name}: a batch of {batch} needs {need} floats of activations, more than one array holds; use a smaller batch.", "input");
-        if (_arena.Length < need) _arena = new float[need];
+        Ensure(ref _arena, need, "activations", _spec.Name, batch);
         Prepare();
         return _arena.AsSpan(0, (int)need);
     }
 
-    private void Prepare()
+    /// <summary>
+    /// Checks the lengths and labels before any work, prepares the weights and returns the arena of saved
+    /// activations; <paramref name="gradients"/> receives the arena of activation gradients.
+    /// </summary>
+    public Span<float> BeginTraining(int inputLength, ReadOnlySpan<int> labels, int logitsLength, out int batch, out Span<float> gradients)
     {
-        if (_preparedVersion == _version && _preparedTraining == IsTraining) return;
-        for (int i = 0; i < _spec.Convs.Length; i++)
+        batch = BatchOf(inputLength, logitsLength);
+        if (labels.Length != batch)
+            throw new ArgumentException($"{_spec.Name}: {labels.Length} labels for a batch of {batch} images; give one label per image.", nameof(labels));
+        for (int i = 0; i < labels.Length; i++)
+            if ((uint)labels[i] >= (uint)_spec.NumClasses)
+                throw new ArgumentOutOfRangeException(nameof(labels), labels[i], $"{_spec.Name}: label {i} is {labels[i]}; labels must lie in [0, {_spec.NumClasses}).");
+
+        long saved = (long)batch * _spec.TrainArenaPerImage;
+        long grads = (long)batch * _spec.GradientArenaPerImage;
+        Ensure(ref _trainArena, saved, "saved activations", _spec.Name, batch);
+        Ensure(ref _gradientArena, grads, "activation gradients", _spec.Name, batch);
+        Ensure(ref _columns, _spec.MaxColumns, "im2col scratch", _spec.Name, batch);
+        _batchStatistics = IsTraining;
+        Prepare(transposed: true);
+        gradients = _gradientArena.AsSpan(0, (int)grads);
+        return _trainArena.AsSpan(0, (int)saved);
+    }
+
+    private void Prepare(bool transposed = false)
+    {
+        // Training packs raw weights (BatchNorm runs after the conv); eval folds BN, so it also depends on the statistics.
+        bool raw = IsTraining || transposed;
+        var key = (_weightsVersion, raw ? -1 : _statisticsVersion, raw);
+        if (_prepared != key)
         {
-            var c = _spec.Convs[i];
-            var weights = _values.AsSpan((int)c.Weight, c.OutChannels * c.K);
-            if (IsTraining)
+            for (int i = 0; i < _spec.Convs.Length; i++)
             {
-                // Train mode: raw weights; BatchNorm runs after the conv with batch statistics.
-                Gemm.PackA(weights, c.OutChannels, c.K, _packed[i]);
+                var c = _spec.Convs[i];
+                var weights = _values.AsSpan((int)c.Weight, c.OutChannels * c.K);
+                if (raw)
+                {
+                    Gemm.PackA(weights, c.OutChannels, c.K, _packed[i]);
+                }
+                else
+                {
+                    var folded = _foldScratch.AsSpan(0, c.OutChannels * c.K);
+                    Kernels.FoldBatchNorm(weights, _values.AsSpan((int)c.BatchNorm, 4 * c.OutChannels), c.OutChannels, c.K, folded, _bias[i]);
+                    Gemm.PackA(folded, c.OutChannels, c.K, _packed[i]);
+                }
             }
-            else
-            {
-                var folded = _foldScratch.AsSpan(0, c.OutChannels * c.K);
-                Kernels.FoldBatchNorm(weights, _values.AsSpan((int)c.BatchNorm, 4 * c.OutChannels), c.OutChannels, c.K, folded, _bias[i]);
-                Gemm.PackA(folded, c.OutChannels, c.K, _packed[i]);
-            }
+            _prepared = key;
         }
-        _preparedVersion = _version;
-        _preparedTraining = IsTraining;
+
+        if (transposed && _preparedTransposed != _weightsVersion)
+        {
+            if (_packedTransposed is null)
+            {
+                _packedTransposed = new float[_spec.Convs.Length][];
+                for (int i = 0; i < _spec.Convs.Length; i++) _packedTransposed[i] = new float[Padded(_spec.Convs[i].K) * _spec.Convs[i].OutChannels];
+            }
+            for (int i = 0; i < _spec.Convs.Length; i++)
+            {
+                var c = _spec.Convs[i];
+                Gemm.PackATransposed(_values.AsSpan((int)c.Weight, c.OutChannels * c.K), c.OutChannels, c.K, _packedTransposed[i]);
+            }
+            _preparedTransposed = _weightsVersion;
+        }
+    }
+
+    // ---------------------------------------------------------------- the kernels the generated code calls
+
+    private ConvSpec CheckConv(int index, int cin, int cout, int kernel)
+    {
+        var c = _spec.Convs[index];
+        if (c.InChannels != cin || c.OutChannels != cout || c.Kernel != kernel)
+            throw new InvalidOperationException($"{_spec.Name}: conv {index} is declared {c.InChannels}->{c.OutChannels} {c.Kernel}x{c.Kernel} but called as {cin}->{cout} {kernel}x{kernel}; regenerate the network.");
+        return c;
     }
 
     /// <summary>Conv + BatchNorm (+ residual) (+ ReLU): eval mode folds BN into the weights; train mode normalizes with batch statistics.</summary>
     public void Conv(int index, ReadOnlySpan<float> x, Span<float> y, ReadOnlySpan<float> residual,
         int batch, int cin, int h, int w, int cout, int oh, int ow, int kernel, int stride, int pad, bool relu)
     {
-        var c = _spec.Convs[index];
-        if (c.InChannels != cin || c.OutChannels != cout || c.Kernel != kernel)
-            throw new InvalidOperationException($"{_spec.Name}: conv {index} is declared {c.InChannels}->{c.OutChannels} {c.Kernel}x{c.Kernel} but called as {cin}->{cout} {kernel}x{kernel}; regenerate the network.");
+        var c = CheckConv(index, cin, cout, kernel);
         if (!IsTraining)
         {
             Cpu.Conv.Forward(x, y, residual, _packed[index], _bias[index], batch, cin, h, w, cout, oh, ow, kernel, stride, pad, relu);
             return;
         }
+        ConvTrain(index, x, y, y, residual, batch, cin, h, w, cout, oh, ow, kernel, stride, pad, relu);
+    }
 
-        if ((long)batch * oh * ow <= 1)
+    /// <summary>
+    /// The forward of a training step: z = conv(x) and a = relu?(BN(z) + residual), both kept for backward
+    /// (a may be z itself when nothing needs z). BN uses batch statistics in train mode, running ones in eval mode.
+    /// </summary>
+    public void ConvTrain(int index, ReadOnlySpan<float> x, Span<float> z, Span<float> a, ReadOnlySpan<float> residual,
+        int batch, int cin, int h, int w, int cout, int oh, int ow, int kernel, int stride, int pad, bool relu)
+    {
+        var c = CheckConv(index, cin, cout, kernel);
+        bool batchStatistics = IsTraining;
+        if (batchStatistics && (long)batch * oh * ow <= 1)
             throw new ArgumentException($"{_spec.Name}: train-mode BatchNorm needs more than one value per channel (PyTorch's rule); a batch of {batch} at {oh}x{ow} has one. Use a larger batch or Eval().");
-        Cpu.Conv.Forward(x, y, ReadOnlySpan<float>.Empty, _packed[index], ReadOnlySpan<float>.Empty, batch, cin, h, w, cout, oh, ow, kernel, stride, pad, relu: false);
-        Kernels.BatchNormTrain(y, residual, _values.AsSpan((int)c.BatchNorm, 4 * cout), batch, cout, oh * ow, relu);
-        _counters[c.Counter]++;
-        _version++;
+        Cpu.Conv.Forward(x, z, ReadOnlySpan<float>.Empty, _packed[index], ReadOnlySpan<float>.Empty, batch, cin, h, w, cout, oh, ow, kernel, stride, pad, relu: false);
+        Kernels.BatchNormForward(z, a, residual, _values.AsSpan((int)c.BatchNorm, 4 * cout), _bnMean[index], _bnInvStd[index],
+            batch, cout, oh * ow, relu, batchStatistics);
+        if (batchStatistics)
+        {
+            _counters[c.Counter]++;
+            _statisticsVersion++;
+        }
+    }
+
+    /// <summary>
+    /// Backward of <see cref="ConvTrain"/>: from g = dL/da (overwritten) to dL/dz, the residual's gradient added to
+    /// <paramref name="gResidual"/>, BN and conv weight gradients accumulated, and dL/dx added to <paramref name="gx"/>
+    /// (empty when x is the network input).
+    /// </summary>
+    public void ConvBackward(int index, ReadOnlySpan<float> x, ReadOnlySpan<float> z, ReadOnlySpan<float> a, Span<float> g,
+        Span<float> gResidual, Span<float> gx, int batch, int cin, int h, int w, int cout, int oh, int ow, int kernel, int stride, int pad, bool relu)
+    {
+        var c = CheckConv(index, cin, cout, kernel);
+        int hw = oh * ow;
+        if (_packedGradient.Length < (long)Padded(cout) * hw) _packedGradient = new float[(long)Padded(cout) * hw]; // first step only
+        fixed (float* px = x, pz = z, pa = a, pg = g, pgr = gResidual, pgx = gx, pvalues = _values, pgrads = _gradients,
+               pmean = _bnMean[index], pinv = _bnInvStd[index], pwt = _packedTransposed![index], pcols = _columns, pgz = _packedGradient)
+        {
+            Cpu.Backward.BatchNorm(pz, pa, pg, gResidual.IsEmpty ? null : pgr, pvalues + c.BatchNorm, pmean, pinv,
+                pgrads + c.BatchNorm, pgrads + c.BatchNorm + cout, batch, cout, hw, relu, _batchStatistics);
+            long inPerImage = (long)cin * h * w, outPerImage = (long)cout * hw;
+            for (int n = 0; n < batch; n++)
+            {
+                Cpu.Backward.ConvFilter(px + n * inPerImage, pg + n * outPerImage, pgrads + c.Weight, pcols, pgz,
+                    cin, h, w, cout, oh, ow, kernel, stride, pad);
+                if (!gx.IsEmpty)
+                    Cpu.Backward.ConvData(pg + n * outPerImage, pwt, pgx + n * inPerImage, pcols, cin, h, w, cout, oh, ow, kernel, stride, pad);
+            }
+        }
     }
 
     public void MaxPool(ReadOnlySpan<float> x, Span<float> y, int batch, int channels, int h, int w, int oh, int ow, int kernel, int stride, int pad) =>
         Kernels.MaxPool(x, y, batch * channels, h, w, oh, ow, kernel, stride, pad);
 
+    public void MaxPoolBackward(ReadOnlySpan<float> x, ReadOnlySpan<float> g, Span<float> gx, int batch, int channels, int h, int w, int oh, int ow, int kernel, int stride, int pad)
+    {
+        fixed (float* px = x, pg = g, pgx = gx)
+            Cpu.Backward.MaxPool(px, pg, pgx, batch * channels, h, w, oh, ow, kernel, stride, pad);
+    }
+
     public void GlobalAveragePool(ReadOnlySpan<float> x, Span<float> y, int batch, int channels, int hw) =>
         Kernels.GlobalAveragePool(x, y, batch * channels, hw);
+
+    public void GlobalAveragePoolBackward(ReadOnlySpan<float> g, Span<float> gx, int batch, int channels, int hw) =>
+        Cpu.Backward.GlobalAveragePool(g, gx, batch * channels, hw);
 
     public void Linear(ReadOnlySpan<float> x, Span<float> y, int batch) =>
         Kernels.Linear(x, y, _values.AsSpan((int)_spec.FcWeight, _spec.NumClasses * _spec.FcIn),
             _values.AsSpan((int)_spec.FcBias, _spec.NumClasses), batch, _spec.FcIn, _spec.NumClasses);
+
+    public void LinearBackward(ReadOnlySpan<float> x, ReadOnlySpan<float> g, Span<float> gx, int batch) =>
+        Cpu.Backward.Linear(x, g, _values.AsSpan((int)_spec.FcWeight, _spec.NumClasses * _spec.FcIn),
+            _gradients.AsSpan((int)_spec.FcWeight, _spec.NumClasses * _spec.FcIn), _gradients.AsSpan((int)_spec.FcBias, _spec.NumClasses),
+            gx, batch, _spec.FcIn, _spec.NumClasses);
+
+    /// <summary>Mean cross-entropy (as nn.CrossEntropyLoss) and dL/dlogits.</summary>
+    public float CrossEntropy(ReadOnlySpan<float> logits, ReadOnlySpan<int> labels, Span<float> gLogits, int batch) =>
+        Cpu.Backward.CrossEntropy(logits, labels, gLogits, batch, _spec.NumClasses);
 }

@@ -1,0 +1,281 @@
+using System;
+using System.Numerics;
+using System.Runtime.CompilerServices;
+
+namespace Unrolled.Cpu;
+
+/// <summary>
+/// The backward kernels. Every gradient is accumulated (+=) into its destination, as autograd sums the
+/// contributions of a tensor's consumers; callers zero a gradient buffer before its first contribution.
+/// </summary>
+internal static unsafe class Backward
+{
+    private struct GatherJob
+    {
+        public float* X, ColsT;
+        public int Cin, H, W, OW, Kernel, Stride, Pad, K;
+    }
+
+    /// <summary>
+    /// Conv filter gradient for one image: dW[Cout x K] += gz[Cout x HW] . cols(x)^T, where cols(x)^T [HW x K]
+    /// is gathered into <paramref name="colsT"/> and gz is packed into <paramref name="packedGz"/>.
+    /// </summary>
+    public static void ConvFilter(float* x, float* gz, float* dw, float* colsT, float* packedGz,
+        int cin, int h, int w, int cout, int oh, int ow, int kernel, int stride, int pad)
+    {
+        int hw = oh * ow;
+        int k = cin * kernel * kernel;
+        Gemm.PackA(new ReadOnlySpan<float>(gz, cout * hw), cout, hw, new Span<float>(packedGz, (cout + Gemm.MR - 1) / Gemm.MR * Gemm.MR * hw));
+        var job = new GatherJob { X = x, ColsT = colsT, Cin = cin, H = h, W = w, OW = ow, Kernel = kernel, Stride = stride, Pad = pad, K = k };
+        WorkerPool.Shared.Run(&GatherRow, &job, hw);
+        Gemm.Multiply(packedGz, cout, hw, colsT, k, k, dw, k, accumulate: true);
+    }
+
+    private static void GatherRow(void* context, int p)
+    {
+        ref GatherJob j = ref Unsafe.AsRef<GatherJob>(context);
+        int oy = p / j.OW, ox = p % j.OW;
+        int y0 = oy * j.Stride - j.Pad, x0 = ox * j.Stride - j.Pad;
+        float* row = j.ColsT + (long)p * j.K;
+        int hw = j.H * j.W;
+        for (int c = 0; c < j.Cin; c++)
+        {
+            float* plane = j.X + (long)c * hw;
+            for (int ky = 0; ky < j.Kernel; ky++)
+            {
+                int iy = y0 + ky;
+                for (int kx = 0; kx < j.Kernel; kx++)
+                {
+                    int ix = x0 + kx;
+                    *row++ = (uint)iy < (uint)j.H && (uint)ix < (uint)j.W ? plane[iy * j.W + ix] : 0f;
+                }
+            }
+        }
+    }
+
+    private struct ScatterJob
+    {
+        public float* Cols, Gx;
+        public int H, W, OH, OW, Kernel, Stride, Pad;
+    }
+
+    /// <summary>
+    /// Conv data gradient for one image: gx += col2im(W^T . gz). For a 1x1, stride 1, unpadded conv the product
+    /// is gx itself and is accumulated directly; otherwise it goes through <paramref name="cols"/> [K x HW].
+    /// </summary>
+    public static void ConvData(float* gz, float* packedWT, float* gx, float* cols,
+        int cin, int h, int w, int cout, int oh, int ow, int kernel, int stride, int pad)
+    {
+        int hw = oh * ow;
+        int k = cin * kernel * kernel;
+        if (kernel == 1 && stride == 1 && pad == 0)
+        {
+            Gemm.Multiply(packedWT, k, cout, gz, hw, hw, gx, hw, accumulate: true);
+            return;
+        }
+        Gemm.Multiply(packedWT, k, cout, gz, hw, hw, cols, hw, accumulate: false);
+        var job = new ScatterJob { Cols = cols, Gx = gx, H = h, W = w, OH = oh, OW = ow, Kernel = kernel, Stride = stride, Pad = pad };
+        WorkerPool.Shared.Run(&ScatterChannel, &job, cin);
+    }
+
+    private static void ScatterChannel(void* context, int c)
+    {
+        ref ScatterJob j = ref Unsafe.AsRef<ScatterJob>(context);
+        float* plane = j.Gx + (long)c * j.H * j.W;
+        int hw = j.OH * j.OW;
+        for (int ky = 0; ky < j.Kernel; ky++)
+        for (int kx = 0; kx < j.Kernel; kx++)
+        {
+            float* row = j.Cols + ((long)(c * j.Kernel + ky) * j.Kernel + kx) * hw;
+            for (int oy = 0; oy < j.OH; oy++)
+            {
+                int iy = oy * j.Stride - j.Pad + ky;
+                if ((uint)iy >= (uint)j.H) continue;
+                float* src = row + oy * j.OW;
+                float* dst = plane + iy * j.W;
+                for (int ox = 0; ox < j.OW; ox++)
+                {
+                    int ix = ox * j.Stride - j.Pad + kx;
+                    if ((uint)ix < (uint)j.W) dst[ix] += src[ox];
+                }
+            }
+        }
+    }
+
+    private struct BnJob
+    {
+        public float* Z, A, G, GResidual, Gamma, Mean, InvStd, DGamma, DBeta;
+        public int Batch, C, Hw;
+        public bool Relu, BatchStatistics;
+    }
+
+    /// <summary>
+    /// Backward of a = relu?(BN(z) + residual), in place on g (from dL/da to dL/dz): the ReLU mask (a > 0), the
+    /// residual's gradient (g added to <paramref name="gResidual"/>), dgamma and dbeta accumulated, and dL/dz with
+    /// batch statistics (train mode) or as a fixed affine map (eval mode). Sums in double.
+    /// </summary>
+    public static void BatchNorm(float* z, float* a, float* g, float* gResidual, float* gamma, float* mean, float* invStd,
+        float* dGamma, float* dBeta, int batch, int c, int hw, bool relu, bool batchStatistics)
+    {
+        var job = new BnJob
+        {
+            Z = z, A = a, G = g, GResidual = gResidual, Gamma = gamma, Mean = mean, InvStd = invStd, DGamma = dGamma, DBeta = dBeta,
+            Batch = batch, C = c, Hw = hw, Relu = relu, BatchStatistics = batchStatistics,
+        };
+        WorkerPool.Shared.Run(&BatchNormChannel, &job, c);
+    }
+
+    private static void BatchNormChannel(void* context, int ch)
+    {
+        ref BnJob j = ref Unsafe.AsRef<BnJob>(context);
+        float mean = j.Mean[ch], invStd = j.InvStd[ch];
+        double sumG = 0, sumGx = 0;
+        for (int n = 0; n < j.Batch; n++)
+        {
+            long at = ((long)n * j.C + ch) * j.Hw;
+            float* g = j.G + at, z = j.Z + at, a = j.A + at;
+            float* gr = j.GResidual == null ? null : j.GResidual + at;
+            float partG = 0, partGx = 0;
+            for (int i = 0; i < j.Hw; i++)
+            {
+                float gi = g[i];
+                if (j.Relu && !(a[i] > 0f)) gi = 0f;
+                g[i] = gi;
+                if (gr != null) gr[i] += gi;
+                partG += gi;
+                partGx += gi * (z[i] - mean) * invStd;
+                if ((i & 255) == 255)
+                {
+                    sumG += partG; sumGx += partGx;
+                    partG = 0; partGx = 0;
+                }
+            }
+            sumG += partG;
+            sumGx += partGx;
+        }
+        j.DGamma[ch] += (float)sumGx;
+        j.DBeta[ch] += (float)sumG;
+
+        double count = (double)j.Batch * j.Hw;
+        float scale = j.Gamma[ch] * invStd;
+        float meanG = j.BatchStatistics ? (float)(sumG / count) : 0f;
+        float meanGx = j.BatchStatistics ? (float)(sumGx / count) : 0f;
+        for (int n = 0; n < j.Batch; n++)
+        {
+            long at = ((long)n * j.C + ch) * j.Hw;
+            float* g = j.G + at, z = j.Z + at;
+            for (int i = 0; i < j.Hw; i++)
+                g[i] = scale * (g[i] - meanG - (z[i] - mean) * invStd * meanGx);
+        }
+    }
+
+    private struct PoolJob
+    {
+        public float* X, G, GIn;
+        public int H, W, OH, OW, Kernel, Stride, Pad;
+    }
+
+    /// <summary>Max-pool backward: each output's gradient goes to its window's arg-max (the first maximum in scan order, as PyTorch).</summary>
+    public static void MaxPool(float* x, float* g, float* gIn, int planes, int h, int w, int oh, int ow, int kernel, int stride, int pad)
+    {
+        var job = new PoolJob { X = x, G = g, GIn = gIn, H = h, W = w, OH = oh, OW = ow, Kernel = kernel, Stride = stride, Pad = pad };
+        WorkerPool.Shared.Run(&MaxPoolPlane, &job, planes);
+    }
+
+    private static void MaxPoolPlane(void* context, int plane)
+    {
+        ref PoolJob j = ref Unsafe.AsRef<PoolJob>(context);
+        float* x = j.X + (long)plane * j.H * j.W;
+        float* gIn = j.GIn + (long)plane * j.H * j.W;
+        float* g = j.G + (long)plane * j.OH * j.OW;
+        for (int oy = 0; oy < j.OH; oy++)
+        {
+            int y0 = Math.Max(oy * j.Stride - j.Pad, 0), y1 = Math.Min(oy * j.Stride - j.Pad + j.Kernel, j.H);
+            for (int ox = 0; ox < j.OW; ox++)
+            {
+                int x0 = Math.Max(ox * j.Stride - j.Pad, 0), x1 = Math.Min(ox * j.Stride - j.Pad + j.Kernel, j.W);
+                float best = float.NegativeInfinity;
+                int arg = y0 * j.W + x0;
+                for (int iy = y0; iy < y1; iy++)
+                for (int ix = x0; ix < x1; ix++)
+                {
+                    float v = x[iy * j.W + ix];
+                    if (v > best || float.IsNaN(v))
+                    {
+                        best = v;
+                        arg = iy * j.W + ix;
+                        if (float.IsNaN(v)) goto found;
+                    }
+                }
+            found:
+                gIn[arg] += g[oy * j.OW + ox];
+            }
+        }
+    }
+
+    /// <summary>Global average pool backward: gIn[p, i] += g[p] / hw.</summary>
+    public static void GlobalAveragePool(ReadOnlySpan<float> g, Span<float> gIn, int planes, int hw)
+    {
+        for (int p = 0; p < planes; p++)
+        {
+            float v = g[p] / hw;
+            var dst = gIn.Slice(p * hw, hw);
+            for (int i = 0; i < hw; i++) dst[i] += v;
+        }
+    }
+
+    /// <summary>Linear backward: dW += g^T x, db += sum g, gx += g W.</summary>
+    public static void Linear(ReadOnlySpan<float> x, ReadOnlySpan<float> g, ReadOnlySpan<float> weight, Span<float> dWeight, Span<float> dBias,
+        Span<float> gx, int batch, int inputs, int outputs)
+    {
+        for (int n = 0; n < batch; n++)
+        {
+            var xn = x.Slice(n * inputs, inputs);
+            var gxn = gx.Slice(n * inputs, inputs);
+            for (int o = 0; o < outputs; o++)
+            {
+                float go = g[n * outputs + o];
+                if (go == 0f) continue;
+                dBias[o] += go;
+                Axpy(go, xn, dWeight.Slice(o * inputs, inputs));
+                Axpy(go, weight.Slice(o * inputs, inputs), gxn);
+            }
+        }
+    }
+
+    /// <summary>y += a x.</summary>
+    public static void Axpy(float a, ReadOnlySpan<float> x, Span<float> y)
+    {
+        int i = 0;
+        if (Vector.IsHardwareAccelerated)
+        {
+            var va = new Vector<float>(a);
+            for (; i <= x.Length - Vector<float>.Count; i += Vector<float>.Count)
+                (new Vector<float>(x.Slice(i)) * va + new Vector<float>(y.Slice(i))).CopyTo(y.Slice(i));
+        }
+        for (; i < x.Length; i++) y[i] += a * x[i];
+    }
+
+    /// <summary>
+    /// Mean cross-entropy of logits [batch, classes] against labels, and its gradient (softmax - onehot) / batch
+    /// written to <paramref name="gLogits"/>. Computed in double, with the max subtracted before exp.
+    /// </summary>
+    public static float CrossEntropy(ReadOnlySpan<float> logits, ReadOnlySpan<int> labels, Span<float> gLogits, int batch, int classes)
+    {
+        double total = 0;
+        for (int n = 0; n < batch; n++)
+        {
+            var l = logits.Slice(n * classes, classes);
+            var gl = gLogits.Slice(n * classes, classes);
+            double max = double.NegativeInfinity;
+            for (int c = 0; c < classes; c++) max = Math.Max(max, l[c]);
+            double sum = 0;
+            for (int c = 0; c < classes; c++) sum += Math.Exp(l[c] - max);
+            double logSum = max + Math.Log(sum);
+            total += logSum - l[labels[n]];
+            for (int c = 0; c < classes; c++)
+                gl[c] = (float)((Math.Exp(l[c] - logSum) - (c == labels[n] ? 1 : 0)) / batch);
+        }
+        return (float)(total / batch);
+    }
+}
