@@ -19,6 +19,9 @@ internal sealed class SafeTensorsFile : TensorFile
     private readonly List<TensorInfo> _tensors = new();
     private readonly Dictionary<TensorInfo, (long Begin, long End)> _ranges = new();
     private readonly long _dataStart;
+    private readonly Dictionary<string, string> _metadata = new(StringComparer.Ordinal);
+
+    public override IReadOnlyDictionary<string, string> Metadata => _metadata;
 
     public SafeTensorsFile(string path, FileStream stream) : base(path)
     {
@@ -50,7 +53,16 @@ internal sealed class SafeTensorsFile : TensorFile
                 throw Bad(null, "the .safetensors header is not a JSON object");
             foreach (JsonProperty p in doc.RootElement.EnumerateObject())
             {
-                if (p.Name == "__metadata__") continue;
+                if (p.Name == "__metadata__")
+                {
+                    if (p.Value.ValueKind != JsonValueKind.Object) throw Bad(null, "\"__metadata__\" is not an object of strings");
+                    foreach (var m in p.Value.EnumerateObject())
+                    {
+                        if (m.Value.ValueKind != JsonValueKind.String) throw Bad(null, $"metadata '{m.Name}' is not a string");
+                        _metadata[m.Name] = m.Value.GetString()!;
+                    }
+                    continue;
+                }
                 var info = ParseEntry(p.Name, p.Value, dataLength, out long begin, out long end);
                 _tensors.Add(info);
                 _ranges[info] = (begin, end);

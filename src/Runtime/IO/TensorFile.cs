@@ -65,6 +65,9 @@ internal abstract class TensorFile : IDisposable
 
     public string FilePath { get; }
 
+    /// <summary>String metadata (.safetensors' "__metadata__"; empty for torch.save files).</summary>
+    public virtual IReadOnlyDictionary<string, string> Metadata { get; } = new Dictionary<string, string>();
+
     /// <summary>Tensors in the file's order.</summary>
     public abstract IReadOnlyList<TensorInfo> Tensors { get; }
 

@@ -199,22 +199,37 @@ public sealed unsafe class NetworkState
     {
         ArgumentNullException.ThrowIfNull(path);
         using var file = TensorFile.Open(path);
+        var (values, counters) = ReadState(file, "", strict: true);
+        Commit(values, counters);
+    }
+
+    /// <summary>
+    /// Reads every entry (under <paramref name="prefix"/>) into fresh arrays after checking keys, shapes and dtypes;
+    /// with <paramref name="strict"/>, keys outside the network (under the prefix) are an error too.
+    /// </summary>
+    internal (float[] Values, long[] Counters) ReadState(TensorFile file, string prefix, bool strict)
+    {
+        string path = file.FilePath;
         var found = new Dictionary<string, TensorInfo>(StringComparer.Ordinal);
         foreach (var t in file.Tensors)
-            if (!found.TryAdd(t.Key, t)) throw new WeightsFileException(path, t.Key, "appears twice");
+        {
+            if (!t.Key.StartsWith(prefix, StringComparison.Ordinal)) continue;
+            if (!found.TryAdd(t.Key[prefix.Length..], t)) throw new WeightsFileException(path, t.Key, "appears twice");
+        }
 
         var missing = new List<string>();
         foreach (var e in _spec.Entries)
-            if (!found.ContainsKey(e.Key)) missing.Add(e.Key);
+            if (!found.ContainsKey(e.Key)) missing.Add(prefix + e.Key);
         var unexpected = new List<string>();
-        foreach (var t in file.Tensors)
-            if (!_byKey.ContainsKey(t.Key)) unexpected.Add(t.Key);
+        if (strict)
+            foreach (var key in found.Keys)
+                if (!_byKey.ContainsKey(key)) unexpected.Add(prefix + key);
         if (missing.Count > 0 || unexpected.Count > 0)
         {
             string problem = $"does not match {_spec.Name} (strict load, as load_state_dict(strict=True)):"
                 + (missing.Count > 0 ? $" {missing.Count} missing key(s): {List(missing)};" : "")
                 + (unexpected.Count > 0 ? $" {unexpected.Count} unexpected key(s): {List(unexpected)};" : "")
-                + $" the file has {found.Count} tensors, the network {_spec.Entries.Length}.";
+                + $" the file has {found.Count} tensors{(prefix.Length > 0 ? $" under '{prefix}'" : "")}, the network {_spec.Entries.Length}.";
             throw new WeightsFileException(path, missing.Count > 0 ? missing[0] : unexpected[0], problem);
         }
 
@@ -223,9 +238,9 @@ public sealed unsafe class NetworkState
             var t = found[e.Key];
             var expectedType = e.IsCounter ? DType.I64 : DType.F32;
             if (t.DType != expectedType)
-                throw new WeightsFileException(path, e.Key, $"dtype is {DTypes.TorchName(t.DType)}, expected {DTypes.TorchName(expectedType)}");
+                throw new WeightsFileException(path, t.Key, $"dtype is {DTypes.TorchName(t.DType)}, expected {DTypes.TorchName(expectedType)}");
             if (!SameShape(e.Shape, t.Shape))
-                throw new WeightsFileException(path, e.Key, $"shape is {t.ShapeText}, expected [{string.Join(", ", e.Shape)}]");
+                throw new WeightsFileException(path, t.Key, $"shape is {t.ShapeText}, expected [{string.Join(", ", e.Shape)}]");
         }
 
         // Read everything into fresh arrays; only a complete read replaces the weights.
@@ -237,6 +252,12 @@ public sealed unsafe class NetworkState
             if (e.IsCounter) counters[e.Offset] = file.ReadInt64Scalar(t);
             else file.ReadFloat32(t, values.AsSpan((int)e.Offset, (int)e.Count));
         }
+        return (values, counters);
+    }
+
+    /// <summary>Replaces the state with arrays from <see cref="ReadState"/>.</summary>
+    internal void Commit(float[] values, long[] counters)
+    {
         _values = values;
         _counters = counters;
         _weightsVersion++;

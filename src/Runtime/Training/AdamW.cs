@@ -1,0 +1,56 @@
+using System;
+using System.Collections.Generic;
+
+namespace Unrolled;
+
+/// <summary>
+/// Adam with decoupled weight decay, as <c>torch.optim.AdamW</c> (amsgrad off): p *= 1 - lr * weight_decay;
+/// m = lerp(m, g, 1 - beta1); v = beta2 * v + (1 - beta2) g^2; p -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps).
+/// </summary>
+public sealed class AdamW : Optimizer
+{
+    private readonly float[] _expAvg;
+    private readonly float[] _expAvgSq;
+
+    public AdamW(IResNet network, float learningRate = 1e-3f, float beta1 = 0.9f, float beta2 = 0.999f, float epsilon = 1e-8f, float weightDecay = 1e-2f)
+        : base(network, learningRate)
+    {
+        if (!(beta1 >= 0 && beta1 < 1)) throw new ArgumentOutOfRangeException(nameof(beta1), beta1, "beta1 must lie in [0, 1)");
+        if (!(beta2 >= 0 && beta2 < 1)) throw new ArgumentOutOfRangeException(nameof(beta2), beta2, "beta2 must lie in [0, 1)");
+        if (!(epsilon >= 0)) throw new ArgumentOutOfRangeException(nameof(epsilon), epsilon, "epsilon must be >= 0");
+        if (!(weightDecay >= 0)) throw new ArgumentOutOfRangeException(nameof(weightDecay), weightDecay, "weight decay must be >= 0");
+        Beta1 = beta1;
+        Beta2 = beta2;
+        Epsilon = epsilon;
+        WeightDecay = weightDecay;
+        _expAvg = new float[State.Values.Length];
+        _expAvgSq = new float[State.Values.Length];
+    }
+
+    public float Beta1 { get; }
+    public float Beta2 { get; }
+    public float Epsilon { get; }
+    public float WeightDecay { get; }
+
+    private protected override void Update(Span<float> p, ReadOnlySpan<float> g, int offset)
+    {
+        float lr = LearningRate;
+        float decay = 1 - lr * WeightDecay;
+        double t = Steps;
+        float stepSize = (float)(lr / (1 - Math.Pow(Beta1, t)));
+        float correction2Sqrt = (float)Math.Sqrt(1 - Math.Pow(Beta2, t));
+        float b1 = Beta1, b2 = Beta2, eps = Epsilon;
+        var m = _expAvg.AsSpan(offset, p.Length);
+        var v = _expAvgSq.AsSpan(offset, p.Length);
+        for (int i = 0; i < p.Length; i++)
+        {
+            float gi = g[i];
+            p[i] *= decay;
+            m[i] += (1 - b1) * (gi - m[i]);
+            v[i] = b2 * v[i] + (1 - b2) * gi * gi;
+            p[i] -= stepSize * m[i] / (MathF.Sqrt(v[i]) / correction2Sqrt + eps);
+        }
+    }
+
+    internal override IReadOnlyList<(string Name, float[] Values)> Buffers => new[] { ("exp_avg", _expAvg), ("exp_avg_sq", _expAvgSq) };
+}

@@ -1,0 +1,310 @@
+using System;
+using System.IO;
+using System.Linq;
+using Unrolled.Tests.Kernels;
+using Xunit.Abstractions;
+
+namespace Unrolled.Tests;
+
+public class OptimizerTests(ITestOutputHelper output)
+{
+    /// <summary>
+    /// Two steps of torch.optim.SGD(lr=0.1, momentum=0.9, weight_decay=1e-4), each zero_grad, train-mode forward,
+    /// backward, step; the update (after - before) of every entry with fp32err <= 1e-2 within max(1e-2, 5 x fp32err).
+    /// </summary>
+    [Theory]
+    [InlineData("tiny18")]
+    [InlineData("tiny50")]
+    public void TwoSgdStepsMatchPyTorch(string name)
+    {
+        var net = TrainingTests.Load(name);
+        var io = Reference.Load(Reference.Fixture(name + "_io.safetensors"));
+        var before = net.StateKeys.ToDictionary(k => k, net.GetTensor);
+        var sgd = new Sgd(net, learningRate: 0.1f, momentum: 0.9f, weightDecay: 1e-4f);
+        net.Train();
+        var logits = new float[20];
+        for (int step = 0; step < 2; step++)
+        {
+            sgd.ZeroGrad();
+            net.ForwardBackward(io["input"].Data, TrainingTests.Labels(io), logits);
+            sgd.Step();
+        }
+
+        int checkedCount = 0, skipped = 0;
+        foreach (string key in net.StateKeys)
+        {
+            if (!io.TryGetValue("after2steps." + key, out var after)) continue;
+            double fp32 = io["fp32err.after2steps." + key].Data[0];
+            if (fp32 > 1e-2) { skipped++; continue; } // PyTorch's own float32 trajectory diverges there
+            var expectedUpdate = after.Data.Zip(before[key], (a, b) => a - b).ToArray();
+            var actualUpdate = net.GetTensor(key).Zip(before[key], (a, b) => a - b).ToArray();
+            double error = TrainingTests.RelativeL2(actualUpdate, expectedUpdate);
+            double tolerance = Math.Max(1e-2, 5 * fp32);
+            Assert.True(error <= tolerance, $"{name} {key}: update relative L2 {error:E3} > {tolerance:E3}");
+            checkedCount++;
+        }
+        output.WriteLine($"{name}: {checkedCount} updates checked, {skipped} ill-conditioned entries skipped (PyTorch fp32err > 1e-2)");
+        Assert.True(checkedCount >= 90, $"only {checkedCount} entries were well-conditioned enough to check");
+        Assert.Equal(9f, net.GetTensor("bn1.num_batches_tracked")[0]); // 7 + 2 train-mode forwards
+    }
+
+    /// <summary>The optimizers against their torch.optim definitions, evaluated here in double on the same gradients.</summary>
+    [Theory]
+    [InlineData("sgd-plain")]
+    [InlineData("sgd-dampening")]
+    [InlineData("sgd-nesterov")]
+    [InlineData("adamw")]
+    public void OptimizersFollowTorchOptimDefinitions(string kind)
+    {
+        var net = new ZeroInit18();
+        Optimizer opt = kind switch
+        {
+            "sgd-plain" => new Sgd(net, 0.05f),
+            "sgd-dampening" => new Sgd(net, 0.05f, momentum: 0.8f, dampening: 0.3f, weightDecay: 1e-3f),
+            "sgd-nesterov" => new Sgd(net, 0.05f, momentum: 0.9f, weightDecay: 1e-3f, nesterov: true),
+            _ => new AdamW(net, 1e-2f, weightDecay: 0.05f),
+        };
+        var input = Naive.RandomFloats(new Random(3), 4 * 3 * 32 * 32);
+        var labels = new[] { 0, 1, 2, 1 };
+        var logits = new float[12];
+        net.Train();
+        const string key = "layer1.0.conv1.weight";
+        var p = Naive.ToDouble(net.GetTensor(key));
+        var buf = new double[p.Length];
+        var m = new double[p.Length];
+        var v = new double[p.Length];
+        for (int t = 1; t <= 3; t++)
+        {
+            opt.ZeroGrad();
+            net.ForwardBackward(input, labels, logits);
+            var g = Naive.ToDouble(net.GetGradient(key));
+            for (int i = 0; i < p.Length; i++)
+            {
+                switch (kind)
+                {
+                    case "adamw":
+                        p[i] *= 1 - 1e-2 * 0.05;
+                        m[i] = 0.9 * m[i] + 0.1 * g[i];
+                        v[i] = 0.999 * v[i] + 0.001 * g[i] * g[i];
+                        p[i] -= 1e-2 / (1 - Math.Pow(0.9, t)) * m[i] / (Math.Sqrt(v[i]) / Math.Sqrt(1 - Math.Pow(0.999, t)) + 1e-8);
+                        break;
+                    case "sgd-plain":
+                        p[i] -= 0.05 * g[i];
+                        break;
+                    default:
+                    {
+                        bool nesterov = kind == "sgd-nesterov";
+                        double mom = nesterov ? 0.9 : 0.8, damp = nesterov ? 0 : 0.3;
+                        double d = g[i] + 1e-3 * p[i];
+                        buf[i] = t == 1 ? d : mom * buf[i] + (1 - damp) * d;
+                        p[i] -= 0.05 * (nesterov ? d + mom * buf[i] : buf[i]);
+                        break;
+                    }
+                }
+            }
+            opt.Step();
+            var actual = net.GetTensor(key);
+            double error = TrainingTests.RelativeL2(actual, p.Select(x => (float)x).ToArray());
+            Assert.True(error < 1e-5, $"{kind} step {t}: relative L2 {error:E2}");
+            p = Naive.ToDouble(actual); // follow our own trajectory: the check is per step
+        }
+        Assert.Equal(3, opt.Steps);
+    }
+
+    [Fact]
+    public void InvalidOptimizerSettingsAreRefused()
+    {
+        var net = new ZeroInit18();
+        Assert.Throws<ArgumentException>(() => new Sgd(net, 0.1f, momentum: 0, nesterov: true));
+        Assert.Throws<ArgumentOutOfRangeException>(() => new Sgd(net, -1f));
+        Assert.Throws<ArgumentOutOfRangeException>(() => new AdamW(net, beta1: 1f));
+    }
+
+    [Fact]
+    public void SchedulesFollowTorchLrSchedulers()
+    {
+        static double[] Run(LearningRateSchedule s, int epochs) => Enumerable.Range(0, epochs).Select(e => s.At(1.0, e)).ToArray();
+        Assert.Equal(new[] { 1, 1, 0.1, 0.1, 0.01 }, Run(Schedules.Step(2), 5), new Tolerance());
+        Assert.Equal(new[] { 1, 1, 0.5, 0.5, 0.5, 0.25 }, Run(Schedules.MultiStep(new[] { 2, 5 }, 0.5), 6), new Tolerance());
+        Assert.Equal(new[] { 1, 0.5, 0, 0.5, 1 }, Run(Schedules.Cosine(2), 5), new Tolerance()); // continues the cosine past tMax, as the closed form
+        Assert.Equal(new[] { 0.25, 0.5, 0.75, 1, 1 }, Run(Schedules.LinearWarmup(3, 0.25), 5), new Tolerance());
+        var warmupThenCosine = Schedules.LinearWarmup(2, 0.5).Then(2, Schedules.Cosine(4));
+        Assert.Equal(new[] { 0.5, 0.75, 1, (1 + Math.Cos(Math.PI / 4)) / 2, 0.5 }, Run(warmupThenCosine, 5), new Tolerance());
+
+        var net = new ZeroInit18();
+        var sgd = new Sgd(net, 0.2f);
+        var scheduler = new LearningRateScheduler(sgd, Schedules.Cosine(4, etaMin: 0.02));
+        Assert.Equal(0.2f, sgd.LearningRate);
+        scheduler.Step();
+        scheduler.Step();
+        Assert.Equal(0.11f, sgd.LearningRate, 6);
+    }
+
+    private sealed class Tolerance : System.Collections.Generic.IEqualityComparer<double>
+    {
+        public bool Equals(double a, double b) => Math.Abs(a - b) < 1e-12;
+        public int GetHashCode(double x) => 0;
+    }
+}
+
+/// <summary>Training-state checkpoints, and what a training step promises.</summary>
+public sealed class TrainingStepTests(ITestOutputHelper output) : IDisposable
+{
+    private readonly string _dir = Directory.CreateTempSubdirectory("unrolled-ckpt-").FullName;
+
+    public void Dispose() => Directory.Delete(_dir, true);
+
+    private static (float[] Input, int[] Labels) Batch(int seed)
+    {
+        var rng = new Random(seed);
+        return (Naive.RandomFloats(rng, 4 * 3 * 32 * 32), Enumerable.Range(0, 4).Select(_ => rng.Next(3)).ToArray());
+    }
+
+    private static void TrainSteps(ZeroInit18 net, Optimizer opt, LearningRateScheduler sched, int from, int count)
+    {
+        var logits = new float[12];
+        for (int s = from; s < from + count; s++)
+        {
+            var (x, y) = Batch(s);
+            opt.ZeroGrad();
+            net.ForwardBackward(x, y, logits);
+            opt.Step();
+            sched.Step();
+        }
+    }
+
+    [Theory]
+    [InlineData("sgd")]
+    [InlineData("adamw")]
+    public void ResumingFromACheckpointIsBitIdentical(string kind)
+    {
+        Optimizer Make(ZeroInit18 n) => kind == "sgd" ? new Sgd(n, 0.05f, momentum: 0.9f, weightDecay: 5e-4f, nesterov: true) : new AdamW(n, 1e-3f);
+        var a = new ZeroInit18();
+        a.Train();
+        var optA = Make(a);
+        var schedA = new LearningRateScheduler(optA, Schedules.LinearWarmup(2, 0.5).Then(2, Schedules.Cosine(6)));
+        TrainSteps(a, optA, schedA, 0, 3);
+        string path = Path.Combine(_dir, "ckpt.safetensors");
+        Checkpoint.Save(path, a, optA, schedA, epoch: 1, step: 3, extra: new System.Collections.Generic.Dictionary<string, string> { ["note"] = "hello" });
+        TrainSteps(a, optA, schedA, 3, 3);
+
+        var b = new ZeroInit18();
+        b.Train();
+        var optB = Make(b);
+        var schedB = new LearningRateScheduler(optB, Schedules.LinearWarmup(2, 0.5).Then(2, Schedules.Cosine(6)));
+        var info = Checkpoint.Load(path, b, optB, schedB);
+        Assert.Equal((1, 3L, "hello"), (info.Epoch, info.Step, info.Metadata["note"]));
+        TrainSteps(b, optB, schedB, 3, 3);
+
+        foreach (string key in a.StateKeys) Assert.Equal(a.GetTensor(key), b.GetTensor(key)); // bit for bit
+        Assert.Equal(optA.LearningRate, optB.LearningRate);
+        Assert.Single(Directory.GetFiles(_dir));
+    }
+
+    [Fact]
+    public void AFailedCheckpointLoadChangesNothing()
+    {
+        var net = new ZeroInit18();
+        var sgd = new Sgd(net, 0.1f, momentum: 0.9f);
+        string plain = Path.Combine(_dir, "weights.safetensors");
+        net.SaveWeights(plain);
+        var before = net.GetTensor("fc.weight");
+        var e = Assert.Throws<WeightsFileException>(() => Checkpoint.Load(plain, net, sgd));
+        Assert.Contains("not an Unrolled training checkpoint", e.Message);
+        string ckpt = Path.Combine(_dir, "adam.safetensors");
+        Checkpoint.Save(ckpt, net, new AdamW(net));
+        Assert.Contains("optimizer 'AdamW'", Assert.Throws<WeightsFileException>(() => Checkpoint.Load(ckpt, net, sgd)).Message);
+        Assert.Equal(before, net.GetTensor("fc.weight"));
+    }
+
+    [Fact]
+    public void LabelsAreCheckedBeforeAnyWork()
+    {
+        var net = new ZeroInit18();
+        net.Train();
+        var (x, _) = Batch(1);
+        var logits = new float[12];
+        var e = Assert.Throws<ArgumentOutOfRangeException>(() => net.ForwardBackward(x, new[] { 0, 1, 3, 0 }, logits));
+        Assert.Contains("label 2 is 3", e.Message);
+        Assert.Throws<ArgumentOutOfRangeException>(() => net.ForwardBackward(x, new[] { 0, -1, 2, 0 }, logits));
+        Assert.Contains("3 labels for a batch of 4", Assert.Throws<ArgumentException>(() => net.ForwardBackward(x, new[] { 0, 1, 2 }, logits)).Message);
+        Assert.Equal(0f, net.GetTensor("bn1.num_batches_tracked")[0]); // no forward ran
+        Assert.All(net.GetGradient("fc.weight"), g => Assert.Equal(0f, g));
+        Assert.Throws<ArgumentException>(() => net.GetGradient("bn1.running_mean"));
+    }
+
+    [Fact]
+    public void GradientsAccumulateUntilZeroGrad()
+    {
+        var net = new ZeroInit18();
+        net.Train();
+        var (x, y) = Batch(2);
+        var logits = new float[12];
+        net.ForwardBackward(x, y, logits);
+        var once = net.GetGradient("layer2.0.conv1.weight");
+        net.ForwardBackward(x, y, logits); // batch statistics: the same gradients again
+        var twice = net.GetGradient("layer2.0.conv1.weight");
+        for (int i = 0; i < once.Length; i++) Assert.Equal(2 * once[i], twice[i], Math.Abs(once[i]) * 1e-5f + 1e-12f);
+        net.ZeroGrad();
+        Assert.All(net.GetGradient("layer2.0.conv1.weight"), g => Assert.Equal(0f, g));
+    }
+
+    [Fact]
+    public void LossFallsOnASmallSyntheticProblem()
+    {
+        // Three classes told apart by which colour channel is brightest.
+        var net = new ZeroInit18();
+        net.Train();
+        var sgd = new Sgd(net, 0.05f, momentum: 0.9f);
+        var rng = new Random(5);
+        var logits = new float[24];
+        float first = 0, last = 0;
+        for (int step = 0; step < 30; step++)
+        {
+            var labels = Enumerable.Range(0, 8).Select(_ => rng.Next(3)).ToArray();
+            var x = new float[8 * 3 * 32 * 32];
+            for (int n = 0; n < 8; n++)
+            for (int c = 0; c < 3; c++)
+            for (int i = 0; i < 1024; i++)
+                x[(n * 3 + c) * 1024 + i] = (float)rng.NextDouble() * 0.5f + (c == labels[n] ? 0.5f : 0f);
+            sgd.ZeroGrad();
+            float loss = net.ForwardBackward(x, labels, logits);
+            sgd.Step();
+            if (step == 0) first = loss;
+            last = loss;
+        }
+        output.WriteLine($"loss {first:F4} -> {last:F4}");
+        Assert.True(last < first * 0.3, $"loss {first} -> {last}");
+    }
+}
+
+[Collection(nameof(AllocationTests))]
+public class TrainingAllocationTests
+{
+    [Fact]
+    public void ATrainingStepAllocatesNothingAfterTheFirst()
+    {
+        foreach (IResNet net in new IResNet[] { new Tiny50(), new Basic72x88() })
+        {
+            var (c, h, w) = net.InputShape;
+            var x = Naive.RandomFloats(new Random(1), 2 * c * h * w);
+            var labels = new[] { 1, 0 };
+            var logits = new float[2 * net.OutputSize];
+            net.Train();
+            foreach (Optimizer opt in new Optimizer[] { new Sgd(net, 0.01f, momentum: 0.9f, weightDecay: 1e-4f), new AdamW(net) })
+            {
+                opt.ZeroGrad();
+                net.ForwardBackward(x, labels, logits);
+                opt.Step();
+                long before = GC.GetAllocatedBytesForCurrentThread();
+                for (int i = 0; i < 2; i++)
+                {
+                    opt.ZeroGrad();
+                    net.ForwardBackward(x, labels, logits);
+                    opt.Step();
+                }
+                Assert.Equal(0, GC.GetAllocatedBytesForCurrentThread() - before);
+            }
+        }
+    }
+}
