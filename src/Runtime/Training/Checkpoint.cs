@@ -2,6 +2,7 @@ using System;
 using System.Collections.Generic;
 using System.Globalization;
 using System.IO;
+using System.Numerics;
 using Unrolled.IO;
 
 namespace Unrolled;
@@ -74,8 +75,8 @@ public static class Checkpoint
         {
             if (!meta.TryGetValue("optimizer", out var kind) || kind != optimizer.GetType().Name)
                 throw new WeightsFileException(path, null, $"holds the state of optimizer '{kind ?? "none"}', but a {optimizer.GetType().Name} was given.");
-            steps = long.Parse(Required(meta, "optimizer.steps", path), CultureInfo.InvariantCulture);
-            lr = float.Parse(Required(meta, "optimizer.lr", path), CultureInfo.InvariantCulture);
+            steps = Number<long>(meta, "optimizer.steps", path);
+            lr = Number<float>(meta, "optimizer.lr", path);
             var byKey = new Dictionary<string, TensorInfo>(StringComparer.Ordinal);
             foreach (var t in file.Tensors) byKey[t.Key] = t;
             foreach (var (name, target) in optimizer.Buffers)
@@ -94,9 +95,9 @@ public static class Checkpoint
                 buffers.Add((target, loaded));
             }
         }
-        int schedulerEpoch = scheduler is null ? 0 : int.Parse(Required(meta, "scheduler.epoch", path), CultureInfo.InvariantCulture);
-        int epoch = int.Parse(Required(meta, "epoch", path), CultureInfo.InvariantCulture);
-        long step = long.Parse(Required(meta, "step", path), CultureInfo.InvariantCulture);
+        int schedulerEpoch = scheduler is null ? 0 : Number<int>(meta, "scheduler.epoch", path);
+        int epoch = Number<int>(meta, "epoch", path);
+        long step = Number<long>(meta, "step", path);
 
         // Everything read: commit.
         state.Commit(values, counters);
@@ -118,6 +119,11 @@ public static class Checkpoint
         return new CheckpointInfo(epoch, step, extra);
     }
 
-    private static string Required(IReadOnlyDictionary<string, string> meta, string key, string path) =>
-        meta.TryGetValue(key, out var v) ? v : throw new WeightsFileException(path, null, $"checkpoint metadata '{key}' is missing");
+    private static T Number<T>(IReadOnlyDictionary<string, string> meta, string key, string path) where T : INumber<T>
+    {
+        if (!meta.TryGetValue(key, out var text)) throw new WeightsFileException(path, null, $"checkpoint metadata '{key}' is missing");
+        if (!T.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out var value) || (value is int or long && value < T.Zero))
+            throw new WeightsFileException(path, null, $"checkpoint metadata '{key}' is '{text}', not a valid {typeof(T).Name}");
+        return value;
+    }
 }
