@@ -1,22 +1,31 @@
 using System;
 using System.Runtime.CompilerServices;
+using System.Threading;
 
 namespace Unrolled.Cpu;
 
 /// <summary>
-/// Conv2d in NCHW as an implicit GEMM per image: out[Cout x OH*OW] = W[Cout x Cin*k*k] . cols[Cin*k*k x OH*OW],
-/// where the columns are gathered from the input straight into packed B panels (no im2col buffer).
-/// Work items are (image, column panel, row chunk) and run on every core.
+/// Conv2d in NCHW as an implicit GEMM per image: out[Cout x OH*OW] = W[Cout x Cin*k*k] . cols[Cin*k*k x OH*OW].
+/// For each image, the columns are first gathered from the input straight into packed B panels ([panel][K][NR],
+/// no im2col matrix), every panel once, on all cores; then every (row chunk, column panel) tile runs on all cores,
+/// the row chunks sharing the packed panels.
 /// </summary>
 internal static unsafe class Conv
 {
     private struct Job
     {
-        public float* X, Y, Residual, A, Bias;
+        public float* X, Y, Residual, A, Bias, Packed;
         public int Cin, H, W, Cout, OH, OW, Kernel, Stride, Pad, K, N;
         public int ColumnPanels, RowChunks, PanelsPerChunk;
         public bool Relu;
     }
+
+    // The packed panels of one image. Shared by the callers, one at a time: the lock spans both phases.
+    private static readonly Lock s_gate = new();
+
+    /// <summary>Depth of a K block (KC x NR floats of B = 32 KiB, an L1's worth).</summary>
+    internal static int KC = 256;
+    private static Gemm.Scratch s_packed;
 
     /// <summary>
     /// y = relu?(conv(x, A) + bias + residual). <paramref name="packedA"/> comes from <see cref="Gemm.PackA"/> of
@@ -32,93 +41,140 @@ internal static unsafe class Conv
         int columnPanels = (n + Gemm.NR - 1) / Gemm.NR;
         int rowPanels = (cout + Gemm.MR - 1) / Gemm.MR;
         int threads = WorkerPool.Shared.Threads;
-        // Enough items to balance the cores, without splitting rows more than needed (each row chunk re-packs B).
-        int rowChunks = Math.Clamp((8 * threads + batch * columnPanels - 1) / (batch * columnPanels), 1, rowPanels);
+        // Enough items to balance the cores; row chunks are cheap now that they share the packed columns.
+        int rowChunks = Math.Clamp((4 * threads + columnPanels - 1) / columnPanels, 1, rowPanels);
         int panelsPerChunk = (rowPanels + rowChunks - 1) / rowChunks;
         rowChunks = (rowPanels + panelsPerChunk - 1) / panelsPerChunk;
 
-        fixed (float* px = x, py = y, pr = residual, pa = packedA, pb = bias)
+        lock (s_gate)
         {
-            var job = new Job
+            float* packed = s_packed.Get((long)columnPanels * k * Gemm.NR);
+            fixed (float* px = x, py = y, pr = residual, pa = packedA, pb = bias)
             {
-                X = px, Y = py, Residual = residual.IsEmpty ? null : pr, A = pa, Bias = bias.IsEmpty ? null : pb,
-                Cin = cin, H = h, W = w, Cout = cout, OH = oh, OW = ow, Kernel = kernel, Stride = stride, Pad = pad,
-                K = k, N = n, ColumnPanels = columnPanels, RowChunks = rowChunks, PanelsPerChunk = panelsPerChunk,
-                Relu = relu,
-            };
-            WorkerPool.Shared.Run(&Run, &job, batch * columnPanels * rowChunks);
+                var job = new Job
+                {
+                    A = pa, Bias = bias.IsEmpty ? null : pb, Packed = packed,
+                    Cin = cin, H = h, W = w, Cout = cout, OH = oh, OW = ow, Kernel = kernel, Stride = stride, Pad = pad,
+                    K = k, N = n, ColumnPanels = columnPanels, RowChunks = rowChunks, PanelsPerChunk = panelsPerChunk,
+                    Relu = relu,
+                };
+                for (int image = 0; image < batch; image++)
+                {
+                    job.X = px + (long)image * cin * h * w;
+                    job.Y = py + (long)image * cout * n;
+                    job.Residual = residual.IsEmpty ? null : pr + (long)image * cout * n;
+                    WorkerPool.Shared.Run(&Pack, &job, columnPanels);
+                    WorkerPool.Shared.Run(&Multiply, &job, columnPanels * rowChunks);
+                }
+            }
         }
     }
 
-    private static void Run(void* context, int item)
+    private static void Pack(void* context, int panel)
+    {
+        ref Job j = ref Unsafe.AsRef<Job>(context);
+        int n0 = panel * Gemm.NR;
+        PackColumns(ref j, n0, Math.Min(Gemm.NR, j.N - n0), j.Packed + (long)panel * j.K * Gemm.NR);
+    }
+
+    private static void Multiply(void* context, int item)
     {
         ref Job j = ref Unsafe.AsRef<Job>(context);
         int chunk = item % j.RowChunks;
-        int rest = item / j.RowChunks;
-        int panel = rest % j.ColumnPanels;
-        int image = rest / j.ColumnPanels;
-
+        int panel = item / j.RowChunks;
         int n0 = panel * Gemm.NR;
         int cols = Math.Min(Gemm.NR, j.N - n0);
-        float* b = Gemm.t_panel.Get((long)j.K * Gemm.NR);
-        float* x = j.X + (long)image * j.Cin * j.H * j.W;
-        PackColumns(ref j, x, n0, cols, b);
-
-        long outBase = (long)image * j.Cout * j.N + n0;
+        float* b = j.Packed + (long)panel * j.K * Gemm.NR;
         int firstRowPanel = chunk * j.PanelsPerChunk;
         int lastRowPanel = Math.Min(firstRowPanel + j.PanelsPerChunk, (j.Cout + Gemm.MR - 1) / Gemm.MR);
-        for (int rp = firstRowPanel; rp < lastRowPanel; rp++)
+        // K in blocks of KC: a KC x NR block of B stays in L1 while the chunk's row panels stream past it.
+        for (int k0 = 0; k0 < j.K; k0 += KC)
         {
-            int m0 = rp * Gemm.MR;
-            int rows = Math.Min(Gemm.MR, j.Cout - m0);
-            long at = outBase + (long)m0 * j.N;
-            Gemm.Tile(j.K, j.A + (long)rp * Gemm.MR * j.K, b, j.Y + at, j.N, rows, cols,
-                j.Bias == null ? null : j.Bias + m0, j.Residual == null ? null : j.Residual + at, j.Relu);
+            int kc = Math.Min(KC, j.K - k0);
+            bool first = k0 == 0, last = k0 + kc == j.K;
+            for (int rp = firstRowPanel; rp < lastRowPanel; rp++)
+            {
+                int m0 = rp * Gemm.MR;
+                long at = (long)m0 * j.N + n0;
+                Gemm.Tile(kc, j.A + (long)rp * Gemm.MR * j.K + (long)k0 * Gemm.MR, b + (long)k0 * Gemm.NR, j.Y + at, j.N,
+                    Math.Min(Gemm.MR, j.Cout - m0), cols,
+                    first && j.Bias != null ? j.Bias + m0 : null,
+                    last && j.Residual != null ? j.Residual + at : null,
+                    last && j.Relu, accumulate: !first);
+            }
         }
     }
 
     /// <summary>Gathers columns [n0, n0 + cols) of the implicit im2col matrix into a [K][NR] panel, zero-padded.</summary>
-    private static void PackColumns(ref Job j, float* x, int n0, int cols, float* panel)
+    private static void PackColumns(ref Job j, int n0, int cols, float* panel)
     {
         int hw = j.H * j.W;
+        float* x = j.X;
         if (j.Kernel == 1 && j.Stride == 1 && j.Pad == 0)
         {
             // 1x1 stride 1: the columns are contiguous runs of the input planes.
             for (int c = 0; c < j.Cin; c++)
             {
-                float* src = x + (long)c * hw + n0;
                 float* dst = panel + (long)c * Gemm.NR;
-                new ReadOnlySpan<float>(src, cols).CopyTo(new Span<float>(dst, cols));
+                new ReadOnlySpan<float>(x + (long)c * hw + n0, cols).CopyTo(new Span<float>(dst, cols));
                 if (cols < Gemm.NR) new Span<float>(dst + cols, Gemm.NR - cols).Clear();
             }
             return;
         }
 
-        int* iy0 = stackalloc int[Gemm.NR];
-        int* ix0 = stackalloc int[Gemm.NR];
-        int oy = n0 / j.OW, ox = n0 % j.OW;
-        for (int t = 0; t < cols; t++)
+        // Split the panel's columns into runs along one output row: (oy, first ox, first column, length).
+        int* segY = stackalloc int[Gemm.NR];
+        int* segX = stackalloc int[Gemm.NR];
+        int* segT = stackalloc int[Gemm.NR];
+        int* segLen = stackalloc int[Gemm.NR];
+        int segments = 0;
+        for (int t = 0; t < cols;)
         {
-            iy0[t] = oy * j.Stride - j.Pad;
-            ix0[t] = ox * j.Stride - j.Pad;
-            if (++ox == j.OW) { ox = 0; oy++; }
+            int p = n0 + t, oy = p / j.OW, ox = p % j.OW;
+            int len = Math.Min(cols - t, j.OW - ox);
+            segY[segments] = oy; segX[segments] = ox; segT[segments] = t; segLen[segments] = len;
+            segments++;
+            t += len;
         }
 
+        int s = j.Stride;
         float* dstRow = panel;
         for (int c = 0; c < j.Cin; c++)
         {
             float* plane = x + (long)c * hw;
             for (int ky = 0; ky < j.Kernel; ky++)
             {
-                for (int kx = 0; kx < j.Kernel; kx++)
+                for (int kx = 0; kx < j.Kernel; kx++, dstRow += Gemm.NR)
                 {
-                    for (int t = 0; t < cols; t++)
+                    for (int g = 0; g < segments; g++)
                     {
-                        int iy = iy0[t] + ky, ix = ix0[t] + kx;
-                        dstRow[t] = (uint)iy < (uint)j.H && (uint)ix < (uint)j.W ? plane[iy * j.W + ix] : 0f;
+                        float* dst = dstRow + segT[g];
+                        int len = segLen[g];
+                        int iy = segY[g] * s - j.Pad + ky;
+                        if ((uint)iy >= (uint)j.H)
+                        {
+                            new Span<float>(dst, len).Clear();
+                            continue;
+                        }
+                        float* src = plane + iy * j.W;
+                        int ix0 = segX[g] * s - j.Pad + kx;
+                        // Columns t with 0 <= ix0 + t s < W.
+                        int lo = ix0 >= 0 ? 0 : (-ix0 + s - 1) / s;
+                        int hi = ix0 >= j.W ? 0 : Math.Min(len, (j.W - 1 - ix0) / s + 1);
+                        if (hi < lo) hi = lo;
+                        for (int t = 0; t < lo; t++) dst[t] = 0f;
+                        if (s == 1)
+                        {
+                            new ReadOnlySpan<float>(src + ix0 + lo, hi - lo).CopyTo(new Span<float>(dst + lo, hi - lo));
+                        }
+                        else
+                        {
+                            float* from = src + ix0;
+                            for (int t = lo; t < hi; t++) dst[t] = from[t * s];
+                        }
+                        for (int t = hi; t < len; t++) dst[t] = 0f;
                     }
                     for (int t = cols; t < Gemm.NR; t++) dstRow[t] = 0f;
-                    dstRow += Gemm.NR;
                 }
             }
         }

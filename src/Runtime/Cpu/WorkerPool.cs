@@ -1,4 +1,5 @@
 using System;
+using System.Diagnostics;
 using System.Runtime.ExceptionServices;
 using System.Threading;
 
@@ -8,30 +9,37 @@ namespace Unrolled.Cpu;
 /// A persistent pool of worker threads (one per core, the caller being one of them) that runs
 /// <c>count</c> work items of a function pointer with a context pointer. Dispatch allocates nothing:
 /// the context lives on the caller's stack, which is safe because <see cref="Run"/> returns only when
-/// every item has finished.
+/// every item has finished. Between jobs a worker spins for a short while (a network's layers follow each
+/// other within microseconds) and then sleeps until the next job wakes it.
 /// </summary>
 internal sealed unsafe class WorkerPool
 {
     public static readonly WorkerPool Shared = new(Environment.ProcessorCount);
 
+    /// <summary>How long an idle worker spins before it sleeps.</summary>
+    private static readonly long SpinTicks = Stopwatch.Frequency / 5000; // 200 microseconds
+
     private readonly SemaphoreSlim[] _wake;
+    private readonly int[] _sleeping;
     private readonly Lock _gate = new();
     private delegate*<void*, int, void> _fn;
     private void* _context;
     private int _count;
     private int _next;
     private int _running;
+    private int _generation;
     private ExceptionDispatchInfo? _error;
 
     public WorkerPool(int threads)
     {
         Threads = Math.Max(1, threads);
         _wake = new SemaphoreSlim[Threads - 1];
+        _sleeping = new int[Threads - 1];
         for (int i = 0; i < _wake.Length; i++)
         {
             _wake[i] = new SemaphoreSlim(0);
             var t = new Thread(Worker) { IsBackground = true, Name = "Unrolled worker " + (i + 1) };
-            t.Start(_wake[i]);
+            t.Start(i);
         }
     }
 
@@ -55,9 +63,10 @@ internal sealed unsafe class WorkerPool
             _count = count;
             _next = 0;
             _error = null;
-            int helpers = Math.Min(_wake.Length, count - 1);
-            Volatile.Write(ref _running, helpers);
-            for (int i = 0; i < helpers; i++) _wake[i].Release();
+            Volatile.Write(ref _running, _wake.Length);
+            Interlocked.Increment(ref _generation); // publishes the job (a full fence)
+            for (int i = 0; i < _wake.Length; i++)
+                if (Volatile.Read(ref _sleeping[i]) != 0) _wake[i].Release();
             Execute();
             var spin = new SpinWait();
             while (Volatile.Read(ref _running) != 0) spin.SpinOnce(-1);
@@ -81,12 +90,32 @@ internal sealed unsafe class WorkerPool
         }
     }
 
+    /// <summary>Tests only: runs first on every new worker thread (to widen the start-up window deterministically).</summary>
+    internal static Action? WorkerStarting;
+
     private void Worker(object? state)
     {
-        var wake = (SemaphoreSlim)state!;
+        WorkerStarting?.Invoke();
+        int index = (int)state!;
+        // The generation when the pool was made, not when this thread got to run: a job published in between
+        // must not be mistaken for one already seen.
+        int seen = 0;
         while (true)
         {
-            wake.Wait();
+            long spinUntil = Stopwatch.GetTimestamp() + SpinTicks;
+            while (Volatile.Read(ref _generation) == seen)
+            {
+                if (Stopwatch.GetTimestamp() < spinUntil)
+                {
+                    Thread.SpinWait(20);
+                    continue;
+                }
+                Interlocked.Exchange(ref _sleeping[index], 1);
+                if (Volatile.Read(ref _generation) == seen) _wake[index].Wait();
+                Interlocked.Exchange(ref _sleeping[index], 0);
+                spinUntil = Stopwatch.GetTimestamp() + SpinTicks;
+            }
+            seen = Volatile.Read(ref _generation);
             Execute();
             Interlocked.Decrement(ref _running);
         }

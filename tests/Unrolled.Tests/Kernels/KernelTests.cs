@@ -166,3 +166,37 @@ public class KernelTests
         Assert.All(s_hits, h => Assert.Equal(1, h));
     }
 }
+
+public class WorkerPoolStartTests
+{
+    private static int s_count;
+
+    private static unsafe void Count(void* context, int item) => System.Threading.Interlocked.Increment(ref s_count);
+
+    private static unsafe void RunOnce(Unrolled.Cpu.WorkerPool pool) => pool.Run(&Count, null, 16);
+
+    /// <summary>A job given to a brand-new pool, before its threads have started, must still complete.</summary>
+    [Fact]
+    public void AJobGivenBeforeTheWorkersStartCompletes()
+    {
+        s_count = 0;
+        Unrolled.Cpu.WorkerPool.WorkerStarting = () => System.Threading.Thread.Sleep(100);
+        try
+        {
+            using var done = new System.Threading.ManualResetEventSlim();
+            // On a thread of its own, so that a hang fails this test instead of stopping the run.
+            var thread = new System.Threading.Thread(() =>
+            {
+                RunOnce(new Unrolled.Cpu.WorkerPool(2)); // the job is published while the worker still sleeps
+                done.Set();
+            }) { IsBackground = true };
+            thread.Start();
+            Assert.True(done.Wait(TimeSpan.FromSeconds(10)), "the pool hung on its first job");
+            Assert.Equal(16, s_count);
+        }
+        finally
+        {
+            Unrolled.Cpu.WorkerPool.WorkerStarting = null;
+        }
+    }
+}
