@@ -79,7 +79,6 @@ public static class Program
     public static int Main(string[] args)
     {
         if (args.Contains("--compare")) return Compare();
-        if (Environment.GetEnvironmentVariable("UNROLLED_KC") is string kc) Unrolled.Cpu.Conv.KC = int.Parse(kc);
         if (args.Contains("--layers")) return ConvLayers.Run(args.Contains("--batch8") ? 8 : 1);
         BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
         return 0;

@@ -22,9 +22,6 @@ internal static unsafe class Conv
 
     // The packed panels of one image. Shared by the callers, one at a time: the lock spans both phases.
     private static readonly Lock s_gate = new();
-
-    /// <summary>Depth of a K block (KC x NR floats of B = 32 KiB, an L1's worth).</summary>
-    internal static int KC = 256;
     private static Gemm.Scratch s_packed;
 
     /// <summary>
@@ -87,21 +84,12 @@ internal static unsafe class Conv
         float* b = j.Packed + (long)panel * j.K * Gemm.NR;
         int firstRowPanel = chunk * j.PanelsPerChunk;
         int lastRowPanel = Math.Min(firstRowPanel + j.PanelsPerChunk, (j.Cout + Gemm.MR - 1) / Gemm.MR);
-        // K in blocks of KC: a KC x NR block of B stays in L1 while the chunk's row panels stream past it.
-        for (int k0 = 0; k0 < j.K; k0 += KC)
+        for (int rp = firstRowPanel; rp < lastRowPanel; rp++)
         {
-            int kc = Math.Min(KC, j.K - k0);
-            bool first = k0 == 0, last = k0 + kc == j.K;
-            for (int rp = firstRowPanel; rp < lastRowPanel; rp++)
-            {
-                int m0 = rp * Gemm.MR;
-                long at = (long)m0 * j.N + n0;
-                Gemm.Tile(kc, j.A + (long)rp * Gemm.MR * j.K + (long)k0 * Gemm.MR, b + (long)k0 * Gemm.NR, j.Y + at, j.N,
-                    Math.Min(Gemm.MR, j.Cout - m0), cols,
-                    first && j.Bias != null ? j.Bias + m0 : null,
-                    last && j.Residual != null ? j.Residual + at : null,
-                    last && j.Relu, accumulate: !first);
-            }
+            int m0 = rp * Gemm.MR;
+            long at = (long)m0 * j.N + n0;
+            Gemm.Tile(j.K, j.A + (long)rp * Gemm.MR * j.K, b, j.Y + at, j.N, Math.Min(Gemm.MR, j.Cout - m0), cols,
+                j.Bias == null ? null : j.Bias + m0, j.Residual == null ? null : j.Residual + at, j.Relu);
         }
     }
 

@@ -37,11 +37,11 @@ internal static unsafe class Gemm
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Tile(int k, float* a, float* b, float* c, int ldc, int rows, int cols,
-        float* bias, float* residual, bool relu, bool accumulate = false)
+        float* bias, float* residual, bool relu)
     {
         if (Vector512.IsHardwareAccelerated)
         {
-            Tile512(k, a, b, c, ldc, rows, cols, bias, residual, relu, accumulate);
+            Tile512(k, a, b, c, ldc, rows, cols, bias, residual, relu);
             return;
         }
 
@@ -64,12 +64,12 @@ internal static unsafe class Gemm
                 }
             }
         }
-        Store(acc, c, ldc, rows, cols, bias, residual, relu, accumulate);
+        Store(acc, c, ldc, rows, cols, bias, residual, relu);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Tile512(int k, float* a, float* b, float* c, int ldc, int rows, int cols,
-        float* bias, float* residual, bool relu, bool accumulate)
+        float* bias, float* residual, bool relu)
     {
         Vector512<float> c00 = default, c01 = default, c10 = default, c11 = default;
         Vector512<float> c20 = default, c21 = default, c30 = default, c31 = default;
@@ -101,14 +101,14 @@ internal static unsafe class Gemm
 
         if (rows == MR && cols == NR)
         {
-            Row512(c00, c01, c + 0 * ldc, Bias(bias, 0), residual == null ? null : residual + 0 * ldc, relu, accumulate);
-            Row512(c10, c11, c + 1 * ldc, Bias(bias, 1), residual == null ? null : residual + 1 * ldc, relu, accumulate);
-            Row512(c20, c21, c + 2 * ldc, Bias(bias, 2), residual == null ? null : residual + 2 * ldc, relu, accumulate);
-            Row512(c30, c31, c + 3 * ldc, Bias(bias, 3), residual == null ? null : residual + 3 * ldc, relu, accumulate);
-            Row512(c40, c41, c + 4 * ldc, Bias(bias, 4), residual == null ? null : residual + 4 * ldc, relu, accumulate);
-            Row512(c50, c51, c + 5 * ldc, Bias(bias, 5), residual == null ? null : residual + 5 * ldc, relu, accumulate);
-            Row512(c60, c61, c + 6 * ldc, Bias(bias, 6), residual == null ? null : residual + 6 * ldc, relu, accumulate);
-            Row512(c70, c71, c + 7 * ldc, Bias(bias, 7), residual == null ? null : residual + 7 * ldc, relu, accumulate);
+            Row512(c00, c01, c + 0 * ldc, Bias(bias, 0), residual == null ? null : residual + 0 * ldc, relu);
+            Row512(c10, c11, c + 1 * ldc, Bias(bias, 1), residual == null ? null : residual + 1 * ldc, relu);
+            Row512(c20, c21, c + 2 * ldc, Bias(bias, 2), residual == null ? null : residual + 2 * ldc, relu);
+            Row512(c30, c31, c + 3 * ldc, Bias(bias, 3), residual == null ? null : residual + 3 * ldc, relu);
+            Row512(c40, c41, c + 4 * ldc, Bias(bias, 4), residual == null ? null : residual + 4 * ldc, relu);
+            Row512(c50, c51, c + 5 * ldc, Bias(bias, 5), residual == null ? null : residual + 5 * ldc, relu);
+            Row512(c60, c61, c + 6 * ldc, Bias(bias, 6), residual == null ? null : residual + 6 * ldc, relu);
+            Row512(c70, c71, c + 7 * ldc, Bias(bias, 7), residual == null ? null : residual + 7 * ldc, relu);
             return;
         }
 
@@ -122,20 +122,15 @@ internal static unsafe class Gemm
         c50.Store(acc + 5 * NR); c51.Store(acc + 5 * NR + 16);
         c60.Store(acc + 6 * NR); c61.Store(acc + 6 * NR + 16);
         c70.Store(acc + 7 * NR); c71.Store(acc + 7 * NR + 16);
-        Store(acc, c, ldc, rows, cols, bias, residual, relu, accumulate);
+        Store(acc, c, ldc, rows, cols, bias, residual, relu);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static float Bias(float* bias, int r) => bias == null ? 0f : bias[r];
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Row512(Vector512<float> v0, Vector512<float> v1, float* c, float bias, float* residual, bool relu, bool accumulate)
+    private static void Row512(Vector512<float> v0, Vector512<float> v1, float* c, float bias, float* residual, bool relu)
     {
-        if (accumulate)
-        {
-            v0 += Vector512.Load(c);
-            v1 += Vector512.Load(c + 16);
-        }
         var bv = Vector512.Create(bias);
         v0 += bv;
         v1 += bv;
@@ -153,7 +148,7 @@ internal static unsafe class Gemm
         v1.Store(c + 16);
     }
 
-    private static void Store(float* acc, float* c, int ldc, int rows, int cols, float* bias, float* residual, bool relu, bool accumulate)
+    private static void Store(float* acc, float* c, int ldc, int rows, int cols, float* bias, float* residual, bool relu)
     {
         for (int r = 0; r < rows; r++)
         {
@@ -161,7 +156,6 @@ internal static unsafe class Gemm
             for (int j = 0; j < cols; j++)
             {
                 float v = acc[r * NR + j] + bv;
-                if (accumulate) v += c[(long)r * ldc + j];
                 if (residual != null) v += residual[(long)r * ldc + j];
                 if (relu && v < 0f) v = 0f; // NaN stays NaN, as in torch.relu
                 c[(long)r * ldc + j] = v;
