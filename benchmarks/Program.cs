@@ -79,6 +79,7 @@ public static class Program
     public static int Main(string[] args)
     {
         if (args.Contains("--compare")) return Compare();
+        if (args.Contains("--kernel")) return MicroKernel.Run();
         if (args.Contains("--layers")) return ConvLayers.Run(args.Contains("--batch8") ? 8 : 1);
         BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
         return 0;
