@@ -38,4 +38,22 @@ public class ConformanceTests(ITestOutputHelper output)
     [Fact]
     public void ResNet50OnTwoPhotosMatchesPyTorch() =>
         Check(new ResNet50(), Reference.SharedOrSkip("resnet50_seed1.pth"), Reference.SharedOrSkip("resnet50_seed1_io.safetensors"), 1000);
+
+    /// <summary>From the photo files through our preprocessing to PyTorch's top-1 (the inputs differ by the resampler only).</summary>
+    [Fact]
+    public void ResNet50FromPhotoFilesGivesPyTorchsTopClass()
+    {
+        var net = new ResNet50();
+        net.LoadWeights(Reference.SharedOrSkip("resnet50_seed1.pth"));
+        var io = Reference.Load(Reference.SharedOrSkip("resnet50_seed1_io.safetensors"));
+        var input = new float[2 * ResNet50.InputSize];
+        Unrolled.Vision.Preprocess.ImageNetEval(Reference.Fixture("chelsea.png")).CopyTo(input, 0);
+        Unrolled.Vision.Preprocess.ImageNetEval(Reference.Fixture("coffee.png")).CopyTo(input, ResNet50.InputSize);
+        var logits = new float[2000];
+        net.Forward(input, logits);
+        double error = Reference.MaxRelative(logits, io["logits_eval"].Data);
+        output.WriteLine($"resnet50_seed1 from the photo files: max |ours - torch| / max |torch| = {error:E3}");
+        Assert.Equal(Reference.ArgMax(io["logits_eval"].Data, 1000), Reference.ArgMax(logits, 1000));
+        Assert.True(error <= 5e-3, $"relative error {error:E3}");
+    }
 }

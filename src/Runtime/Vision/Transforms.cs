@@ -1,0 +1,164 @@
+using System;
+using System.IO;
+using SixLabors.ImageSharp;
+using SixLabors.ImageSharp.PixelFormats;
+using SixLabors.ImageSharp.Processing;
+using SixLabors.ImageSharp.Processing.Processors.Transforms;
+
+namespace Unrolled.Vision;
+
+/// <summary>
+/// torchvision's image transforms on ImageSharp, with torchvision's size and rounding rules.
+/// Images are RGB (as PIL's <c>convert("RGB")</c>); tensors are CHW float32.
+/// </summary>
+public static class Transforms
+{
+    /// <summary>
+    /// The resampler that stands in for PIL's antialiased bilinear filter. Measured against torchvision on the
+    /// reference photos (see the README): ImageSharp's Triangle filter, which widens its support when
+    /// downscaling as PIL does, is the closest.
+    /// </summary>
+    public static IResampler Bilinear { get; } = KnownResamplers.Triangle;
+
+    /// <summary>Largest image accepted by <see cref="Load"/>, in pixels (width x height), checked before any pixel memory is taken.</summary>
+    public const long DefaultMaxPixels = 64L * 1024 * 1024;
+
+    /// <summary>Loads an image as RGB, refusing files over <paramref name="maxPixels"/> before decoding their pixels.</summary>
+    public static Image<Rgb24> Load(string path, long maxPixels = DefaultMaxPixels)
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        try
+        {
+            var info = Image.Identify(path, out var format) ?? throw new ImageFileException(path, "is not an image in a supported format (PNG, JPEG, BMP, GIF, TGA, TIFF, WebP, PBM)");
+            if ((long)info.Width * info.Height > maxPixels || info.Width <= 0 || info.Height <= 0)
+                throw new ImageFileException(path, $"is {info.Width}x{info.Height} pixels; at most {maxPixels} pixels are accepted");
+            CheckComplete(path, format?.Name);
+            return Image.Load<Rgb24>(path);
+        }
+        catch (ImageFileException)
+        {
+            throw;
+        }
+        catch (Exception e) when (e is UnknownImageFormatException or InvalidImageContentException or ImageFormatException or NotSupportedException)
+        {
+            throw new ImageFileException(path, "cannot be decoded: " + e.Message, e);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new ImageFileException(path, "cannot be read: " + e.Message, e);
+        }
+    }
+
+    /// <summary>
+    /// ImageSharp decodes a truncated PNG or JPEG without complaint (the missing rows come out black), so the end of
+    /// the file is checked: a PNG must end with its IEND chunk, a JPEG must hold its end-of-image marker near the end.
+    /// </summary>
+    private static void CheckComplete(string path, string? format)
+    {
+        if (format is not ("PNG" or "JPEG")) return;
+        using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read);
+        int tailLength = (int)Math.Min(stream.Length, 4096);
+        var tail = new byte[tailLength];
+        stream.Seek(-tailLength, SeekOrigin.End);
+        stream.ReadExactly(tail);
+        bool complete = format == "PNG"
+            ? tail.AsSpan().EndsWith(new byte[] { 0, 0, 0, 0, (byte)'I', (byte)'E', (byte)'N', (byte)'D', 0xAE, 0x42, 0x60, 0x82 })
+            : tail.AsSpan().IndexOf(new byte[] { 0xFF, 0xD9 }) >= 0;
+        if (!complete)
+            throw new ImageFileException(path, $"is a truncated {format} (its end-of-image {(format == "PNG" ? "IEND chunk" : "marker")} is missing)");
+    }
+
+    /// <summary>
+    /// Resize(size): the shorter side becomes <paramref name="size"/>, the longer one int(size * long / short),
+    /// as torchvision computes it; bilinear with antialiasing.
+    /// </summary>
+    public static void Resize(Image<Rgb24> image, int size)
+    {
+        if (size < 1) throw new ArgumentOutOfRangeException(nameof(size), size, "size must be >= 1");
+        int w = image.Width, h = image.Height;
+        (int nw, int nh) = w <= h ? (size, (int)((long)size * h / w)) : ((int)((long)size * w / h), size);
+        if (nw == w && nh == h) return;
+        image.Mutate(x => x.Resize(new ResizeOptions { Size = new Size(nw, nh), Sampler = Bilinear, Mode = ResizeMode.Stretch, Compand = false }));
+    }
+
+    /// <summary>CenterCrop(size): top = round((h - size) / 2), left = round((w - size) / 2), rounding half to even as Python's round.</summary>
+    public static void CenterCrop(Image<Rgb24> image, int size)
+    {
+        if (size < 1) throw new ArgumentOutOfRangeException(nameof(size), size, "size must be >= 1");
+        if (image.Width < size || image.Height < size)
+        {
+            // torchvision pads with zeros first (centred), then crops.
+            image.Mutate(x => x.Pad(Math.Max(size, image.Width), Math.Max(size, image.Height), Color.Black));
+        }
+        int cropTop = (int)Math.Round((image.Height - size) / 2.0, MidpointRounding.ToEven);
+        int cropLeft = (int)Math.Round((image.Width - size) / 2.0, MidpointRounding.ToEven);
+        image.Mutate(x => x.Crop(new Rectangle(cropLeft, cropTop, size, size)));
+    }
+
+    /// <summary>ToTensor: CHW float32 in [0, 1] into <paramref name="destination"/> (3 x height x width).</summary>
+    public static void ToTensor(Image<Rgb24> image, Span<float> destination)
+    {
+        int w = image.Width, h = image.Height, plane = w * h;
+        if (destination.Length != 3 * plane)
+            throw new ArgumentException($"destination has {destination.Length} floats; a {w}x{h} image needs 3 x {h} x {w} = {3 * plane}", nameof(destination));
+        Rgb24[]? copy = null;
+        ReadOnlySpan<Rgb24> pixels;
+        if (image.DangerousTryGetSinglePixelMemory(out Memory<Rgb24> memory))
+        {
+            pixels = memory.Span;
+        }
+        else
+        {
+            copy = new Rgb24[plane];
+            image.CopyPixelDataTo(copy);
+            pixels = copy;
+        }
+        for (int i = 0; i < plane; i++)
+        {
+            var p = pixels[i];
+            destination[i] = p.R / 255f;
+            destination[plane + i] = p.G / 255f;
+            destination[2 * plane + i] = p.B / 255f;
+        }
+    }
+
+    /// <summary>Normalize(mean, std) in place on a CHW tensor.</summary>
+    public static void Normalize(Span<float> tensor, ReadOnlySpan<float> mean, ReadOnlySpan<float> std)
+    {
+        int channels = mean.Length;
+        if (std.Length != channels || tensor.Length % channels != 0)
+            throw new ArgumentException($"a tensor of {tensor.Length} floats cannot be normalized over {mean.Length} means and {std.Length} deviations");
+        int plane = tensor.Length / channels;
+        for (int c = 0; c < channels; c++)
+        {
+            var span = tensor.Slice(c * plane, plane);
+            for (int i = 0; i < span.Length; i++) span[i] = (span[i] - mean[c]) / std[c];
+        }
+    }
+}
+
+/// <summary>Ready-made pipelines.</summary>
+public static class Preprocess
+{
+    /// <summary>ImageNet's channel means, as torchvision's Normalize uses them.</summary>
+    public static ReadOnlySpan<float> ImageNetMean => new[] { 0.485f, 0.456f, 0.406f };
+
+    /// <summary>ImageNet's channel standard deviations.</summary>
+    public static ReadOnlySpan<float> ImageNetStd => new[] { 0.229f, 0.224f, 0.225f };
+
+    /// <summary>
+    /// torchvision's ImageNet eval transform: Resize(<paramref name="resize"/>) -> CenterCrop(<paramref name="crop"/>)
+    /// -> ToTensor() -> Normalize(ImageNet). Returns the CHW float32 tensor [3, crop, crop].
+    /// (ResNet V1 weights use resize 256, V2 weights 232.)
+    /// </summary>
+    public static float[] ImageNetEval(string path, int resize = 256, int crop = 224)
+    {
+        using var image = Transforms.Load(path);
+        Transforms.Resize(image, resize);
+        Transforms.CenterCrop(image, crop);
+        var tensor = new float[3 * crop * crop];
+        Transforms.ToTensor(image, tensor);
+        Transforms.Normalize(tensor, ImageNetMean, ImageNetStd);
+        return tensor;
+    }
+}
