@@ -13,7 +13,7 @@ internal static unsafe class Backward
     private struct GatherJob
     {
         public float* X, ColsT;
-        public int Cin, H, W, OW, Kernel, Stride, Pad, K;
+        public int Cin, H, W, OW, Kernel, Stride, Pad, K, Hw;
     }
 
     /// <summary>
@@ -26,21 +26,64 @@ internal static unsafe class Backward
         int hw = oh * ow;
         int k = cin * kernel * kernel;
         Gemm.PackA(new ReadOnlySpan<float>(gz, cout * hw), cout, hw, new Span<float>(packedGz, (cout + Gemm.MR - 1) / Gemm.MR * Gemm.MR * hw));
-        var job = new GatherJob { X = x, ColsT = colsT, Cin = cin, H = h, W = w, OW = ow, Kernel = kernel, Stride = stride, Pad = pad, K = k };
+        var job = new GatherJob { X = x, ColsT = colsT, Cin = cin, H = h, W = w, OW = ow, Kernel = kernel, Stride = stride, Pad = pad, K = k, Hw = hw };
         WorkerPool.Shared.Run(&GatherRow, &job, hw);
         Gemm.Multiply(packedGz, cout, hw, colsT, k, k, dw, k, accumulate: true);
     }
 
-    private static void GatherRow(void* context, int p)
+    /// <summary>
+    /// <see cref="ConvFilter"/> for the whole batch at once, for small maps: dW += gz[Cout x batch*HW] . cols^T,
+    /// the batch folded into the inner dimension (one GEMM instead of one per image).
+    /// </summary>
+    public static void ConvFilterFolded(float* x, float* gz, float* dw, float* colsT, float* packedGz, int batch,
+        int cin, int h, int w, int cout, int oh, int ow, int kernel, int stride, int pad)
+    {
+        int hw = oh * ow, q = batch * hw;
+        int k = cin * kernel * kernel;
+        // Pack gz as A [Cout x batch*HW]: row m is image 0's plane m, then image 1's, ...
+        new Span<float>(packedGz, (cout + Gemm.MR - 1) / Gemm.MR * Gemm.MR * q).Clear();
+        for (int n = 0; n < batch; n++)
+        for (int m = 0; m < cout; m++)
+        {
+            float* src = gz + ((long)n * cout + m) * hw;
+            float* dst = packedGz + (long)(m / Gemm.MR) * Gemm.MR * q + (long)n * hw * Gemm.MR + m % Gemm.MR;
+            for (int p = 0; p < hw; p++) dst[p * Gemm.MR] = src[p];
+        }
+        var job = new GatherJob { X = x, ColsT = colsT, Cin = cin, H = h, W = w, OW = ow, Kernel = kernel, Stride = stride, Pad = pad, K = k, Hw = hw };
+        WorkerPool.Shared.Run(&GatherRow, &job, q);
+        Gemm.Multiply(packedGz, cout, q, colsT, k, k, dw, k, accumulate: true);
+    }
+
+    /// <summary>
+    /// <see cref="ConvData"/> for the whole batch at once, for small maps: gcols [K x batch*HW] = W^T . gz (gz gathered
+    /// into <paramref name="gzRows"/> as [Cout x batch*HW]), then col2im into every image's gx.
+    /// </summary>
+    public static void ConvDataFolded(float* gz, float* packedWT, float* gx, float* cols, float* gzRows, int batch,
+        int cin, int h, int w, int cout, int oh, int ow, int kernel, int stride, int pad)
+    {
+        int hw = oh * ow, q = batch * hw;
+        int k = cin * kernel * kernel;
+        for (int n = 0; n < batch; n++)
+        for (int m = 0; m < cout; m++)
+            new ReadOnlySpan<float>(gz + ((long)n * cout + m) * hw, hw).CopyTo(new Span<float>(gzRows + (long)m * q + (long)n * hw, hw));
+        Gemm.Multiply(packedWT, k, cout, gzRows, q, q, cols, q, accumulate: false);
+        var job = new ScatterJob { Cols = cols, Gx = gx, H = h, W = w, OH = oh, OW = ow, Kernel = kernel, Stride = stride, Pad = pad, Cin = cin, Ld = q };
+        WorkerPool.Shared.Run(&ScatterChannel, &job, batch * cin);
+    }
+
+    /// <summary>Row q of cols^T: the receptive field of pixel q % Hw of image q / Hw.</summary>
+    private static void GatherRow(void* context, int q)
     {
         ref GatherJob j = ref Unsafe.AsRef<GatherJob>(context);
+        int image = q / j.Hw, p = q % j.Hw;
         int oy = p / j.OW, ox = p % j.OW;
         int y0 = oy * j.Stride - j.Pad, x0 = ox * j.Stride - j.Pad;
-        float* row = j.ColsT + (long)p * j.K;
+        float* row = j.ColsT + (long)q * j.K;
         int hw = j.H * j.W;
+        float* x = j.X + (long)image * j.Cin * hw;
         for (int c = 0; c < j.Cin; c++)
         {
-            float* plane = j.X + (long)c * hw;
+            float* plane = x + (long)c * hw;
             for (int ky = 0; ky < j.Kernel; ky++)
             {
                 int iy = y0 + ky;
@@ -56,7 +99,9 @@ internal static unsafe class Backward
     private struct ScatterJob
     {
         public float* Cols, Gx;
-        public int H, W, OH, OW, Kernel, Stride, Pad;
+        public int H, W, OH, OW, Kernel, Stride, Pad, Cin;
+        /// <summary>Row stride of Cols (HW for one image, batch*HW when folded; image n's columns start at n*HW).</summary>
+        public int Ld;
     }
 
     /// <summary>
@@ -74,19 +119,21 @@ internal static unsafe class Backward
             return;
         }
         Gemm.Multiply(packedWT, k, cout, gz, hw, hw, cols, hw, accumulate: false);
-        var job = new ScatterJob { Cols = cols, Gx = gx, H = h, W = w, OH = oh, OW = ow, Kernel = kernel, Stride = stride, Pad = pad };
+        var job = new ScatterJob { Cols = cols, Gx = gx, H = h, W = w, OH = oh, OW = ow, Kernel = kernel, Stride = stride, Pad = pad, Cin = cin, Ld = hw };
         WorkerPool.Shared.Run(&ScatterChannel, &job, cin);
     }
 
-    private static void ScatterChannel(void* context, int c)
+    /// <summary>Item (image, channel): adds that channel's columns of cols into its plane of gx.</summary>
+    private static void ScatterChannel(void* context, int item)
     {
         ref ScatterJob j = ref Unsafe.AsRef<ScatterJob>(context);
-        float* plane = j.Gx + (long)c * j.H * j.W;
+        int image = item / j.Cin, c = item % j.Cin;
+        float* plane = j.Gx + ((long)image * j.Cin + c) * j.H * j.W;
         int hw = j.OH * j.OW;
         for (int ky = 0; ky < j.Kernel; ky++)
         for (int kx = 0; kx < j.Kernel; kx++)
         {
-            float* row = j.Cols + ((long)(c * j.Kernel + ky) * j.Kernel + kx) * hw;
+            float* row = j.Cols + ((long)(c * j.Kernel + ky) * j.Kernel + kx) * j.Ld + (long)image * hw;
             for (int oy = 0; oy < j.OH; oy++)
             {
                 int iy = oy * j.Stride - j.Pad + ky;

@@ -12,10 +12,13 @@ namespace Unrolled.Cpu;
 /// </summary>
 internal static unsafe class Conv
 {
+    /// <summary>Feature maps of at most this many pixels are computed for the whole batch at once (the batch folded into the columns).</summary>
+    internal const int FoldBelow = 256;
+
     private struct Job
     {
         public float* X, Y, Residual, A, Bias, Packed;
-        public int Cin, H, W, Cout, OH, OW, Kernel, Stride, Pad, K, N;
+        public int Cin, H, W, Cout, OH, OW, Kernel, Stride, Pad, K, N, Hw, Batch;
         public int ColumnPanels, RowChunks, PanelsPerChunk;
         public bool Relu;
     }
@@ -23,6 +26,7 @@ internal static unsafe class Conv
     // The packed panels of one image. Shared by the callers, one at a time: the lock spans both phases.
     private static readonly Lock s_gate = new();
     private static Gemm.Scratch s_packed;
+    private static Gemm.Scratch s_folded;
 
     /// <summary>
     /// y = relu?(conv(x, A) + bias + residual). <paramref name="packedA"/> comes from <see cref="Gemm.PackA"/> of
@@ -33,8 +37,11 @@ internal static unsafe class Conv
         ReadOnlySpan<float> packedA, ReadOnlySpan<float> bias,
         int batch, int cin, int h, int w, int cout, int oh, int ow, int kernel, int stride, int pad, bool relu)
     {
-        int n = oh * ow;
+        int hw = oh * ow;
         int k = cin * kernel * kernel;
+        // Small maps: one GEMM over all images' columns into a scratch, then a scatter to NCHW with the epilogue.
+        bool fold = batch > 1 && hw <= FoldBelow;
+        int n = fold ? batch * hw : hw;
         int columnPanels = (n + Gemm.NR - 1) / Gemm.NR;
         int rowPanels = (cout + Gemm.MR - 1) / Gemm.MR;
         int threads = WorkerPool.Shared.Threads;
@@ -46,23 +53,57 @@ internal static unsafe class Conv
         lock (s_gate)
         {
             float* packed = s_packed.Get((long)columnPanels * k * Gemm.NR);
+            float* folded = fold ? s_folded.Get((long)cout * n) : null;
             fixed (float* px = x, py = y, pr = residual, pa = packedA, pb = bias)
             {
                 var job = new Job
                 {
                     A = pa, Bias = bias.IsEmpty ? null : pb, Packed = packed,
                     Cin = cin, H = h, W = w, Cout = cout, OH = oh, OW = ow, Kernel = kernel, Stride = stride, Pad = pad,
-                    K = k, N = n, ColumnPanels = columnPanels, RowChunks = rowChunks, PanelsPerChunk = panelsPerChunk,
-                    Relu = relu,
+                    K = k, N = n, Hw = hw, Batch = fold ? batch : 1,
+                    ColumnPanels = columnPanels, RowChunks = rowChunks, PanelsPerChunk = panelsPerChunk,
+                    Relu = relu && !fold,
                 };
-                for (int image = 0; image < batch; image++)
+                for (int image = 0; image < (fold ? 1 : batch); image++)
                 {
                     job.X = px + (long)image * cin * h * w;
-                    job.Y = py + (long)image * cout * n;
-                    job.Residual = residual.IsEmpty ? null : pr + (long)image * cout * n;
+                    job.Y = fold ? folded : py + (long)image * cout * hw;
+                    job.Residual = residual.IsEmpty || fold ? null : pr + (long)image * cout * hw;
                     WorkerPool.Shared.Run(&Pack, &job, columnPanels);
                     WorkerPool.Shared.Run(&Multiply, &job, columnPanels * rowChunks);
                 }
+                if (fold)
+                {
+                    var scatter = new ScatterJob { From = folded, Y = py, Residual = residual.IsEmpty ? null : pr, Batch = batch, Cout = cout, Hw = hw, Relu = relu };
+                    WorkerPool.Shared.Run(&Scatter, &scatter, cout);
+                }
+            }
+        }
+    }
+
+    private struct ScatterJob
+    {
+        public float* From, Y, Residual;
+        public int Batch, Cout, Hw;
+        public bool Relu;
+    }
+
+    /// <summary>Row m of the folded result [Cout x batch*hw] to y[image, m, :], adding the residual and applying ReLU.</summary>
+    private static void Scatter(void* context, int m)
+    {
+        ref ScatterJob j = ref Unsafe.AsRef<ScatterJob>(context);
+        for (int image = 0; image < j.Batch; image++)
+        {
+            float* src = j.From + ((long)m * j.Batch + image) * j.Hw;
+            long at = ((long)image * j.Cout + m) * j.Hw;
+            float* dst = j.Y + at;
+            float* res = j.Residual == null ? null : j.Residual + at;
+            for (int p = 0; p < j.Hw; p++)
+            {
+                float v = src[p];
+                if (res != null) v += res[p];
+                if (j.Relu && v < 0f) v = 0f;
+                dst[p] = v;
             }
         }
     }
@@ -93,24 +134,28 @@ internal static unsafe class Conv
         }
     }
 
-    /// <summary>Gathers columns [n0, n0 + cols) of the implicit im2col matrix into a [K][NR] panel, zero-padded.</summary>
+    /// <summary>
+    /// Gathers columns [n0, n0 + cols) of the implicit im2col matrix into a [K][NR] panel, zero-padded. With the batch
+    /// folded in, column q is pixel q % hw of image q / hw.
+    /// </summary>
     private static void PackColumns(ref Job j, int n0, int cols, float* panel)
     {
         int hw = j.H * j.W;
-        float* x = j.X;
-        if (j.Kernel == 1 && j.Stride == 1 && j.Pad == 0)
+        long imageStride = (long)j.Cin * hw;
+        if (j.Kernel == 1 && j.Stride == 1 && j.Pad == 0 && j.Batch == 1)
         {
             // 1x1 stride 1: the columns are contiguous runs of the input planes.
             for (int c = 0; c < j.Cin; c++)
             {
                 float* dst = panel + (long)c * Gemm.NR;
-                new ReadOnlySpan<float>(x + (long)c * hw + n0, cols).CopyTo(new Span<float>(dst, cols));
+                new ReadOnlySpan<float>(j.X + (long)c * hw + n0, cols).CopyTo(new Span<float>(dst, cols));
                 if (cols < Gemm.NR) new Span<float>(dst + cols, Gemm.NR - cols).Clear();
             }
             return;
         }
 
-        // Split the panel's columns into runs along one output row: (oy, first ox, first column, length).
+        // Split the panel's columns into runs along one output row of one image: (image, oy, first ox, first column, length).
+        long* segImage = stackalloc long[Gemm.NR];
         int* segY = stackalloc int[Gemm.NR];
         int* segX = stackalloc int[Gemm.NR];
         int* segT = stackalloc int[Gemm.NR];
@@ -118,9 +163,9 @@ internal static unsafe class Conv
         int segments = 0;
         for (int t = 0; t < cols;)
         {
-            int p = n0 + t, oy = p / j.OW, ox = p % j.OW;
+            int q = n0 + t, image = q / j.Hw, p = q % j.Hw, oy = p / j.OW, ox = p % j.OW;
             int len = Math.Min(cols - t, j.OW - ox);
-            segY[segments] = oy; segX[segments] = ox; segT[segments] = t; segLen[segments] = len;
+            segImage[segments] = image * imageStride; segY[segments] = oy; segX[segments] = ox; segT[segments] = t; segLen[segments] = len;
             segments++;
             t += len;
         }
@@ -129,7 +174,6 @@ internal static unsafe class Conv
         float* dstRow = panel;
         for (int c = 0; c < j.Cin; c++)
         {
-            float* plane = x + (long)c * hw;
             for (int ky = 0; ky < j.Kernel; ky++)
             {
                 for (int kx = 0; kx < j.Kernel; kx++, dstRow += Gemm.NR)
@@ -144,7 +188,7 @@ internal static unsafe class Conv
                             new Span<float>(dst, len).Clear();
                             continue;
                         }
-                        float* src = plane + iy * j.W;
+                        float* src = j.X + segImage[g] + (long)c * hw + iy * j.W;
                         int ix0 = segX[g] * s - j.Pad + kx;
                         // Columns t with 0 <= ix0 + t s < W.
                         int lo = ix0 >= 0 ? 0 : (-ix0 + s - 1) / s;

@@ -40,6 +40,7 @@ public sealed unsafe class NetworkState
     private float[] _gradientArena = Array.Empty<float>();
     private float[] _columns = Array.Empty<float>();
     private float[] _packedGradient = Array.Empty<float>();
+    private float[] _gradientRows = Array.Empty<float>();
 
     public NetworkState(NetworkSpec spec, Device device, int seed = 0)
     {
@@ -448,12 +449,25 @@ public sealed unsafe class NetworkState
     {
         var c = CheckConv(index, cin, cout, kernel);
         int hw = oh * ow;
-        if (_packedGradient.Length < (long)Padded(cout) * hw) _packedGradient = new float[(long)Padded(cout) * hw]; // first step only
+        bool fold = batch > 1 && hw <= Cpu.Conv.FoldBelow;
+        long columns = fold ? (long)batch * hw : hw;
+        // Scratch grows during the first step only.
+        if (_packedGradient.Length < Padded(cout) * columns) _packedGradient = new float[Padded(cout) * columns];
+        if (_columns.Length < columns * c.K) _columns = new float[columns * c.K];
+        if (fold && _gradientRows.Length < cout * columns) _gradientRows = new float[cout * columns];
         fixed (float* px = x, pz = z, pa = a, pg = g, pgr = gResidual, pgx = gx, pvalues = _values, pgrads = _gradients,
                pmean = _bnMean[index], pinv = _bnInvStd[index], pwt = _packedTransposed![index], pcols = _columns, pgz = _packedGradient)
         {
             Cpu.Backward.BatchNorm(pz, pa, pg, gResidual.IsEmpty ? null : pgr, pvalues + c.BatchNorm, pmean, pinv,
                 pgrads + c.BatchNorm, pgrads + c.BatchNorm + cout, batch, cout, hw, relu, _batchStatistics);
+            if (fold)
+            {
+                Cpu.Backward.ConvFilterFolded(px, pg, pgrads + c.Weight, pcols, pgz, batch, cin, h, w, cout, oh, ow, kernel, stride, pad);
+                if (!gx.IsEmpty)
+                    fixed (float* prows = _gradientRows)
+                        Cpu.Backward.ConvDataFolded(pg, pwt, pgx, pcols, prows, batch, cin, h, w, cout, oh, ow, kernel, stride, pad);
+                return;
+            }
             long inPerImage = (long)cin * h * w, outPerImage = (long)cout * hw;
             for (int n = 0; n < batch; n++)
             {

@@ -74,6 +74,20 @@ public unsafe class GradientCheckTests
         }
         Check(weight, dw, Forward, 0.25f, 1e-4, "dW");
         Check(x, dx, Forward, 0.25f, 1e-4, "dx");
+
+        // The same with the batch folded into one GEMM (what small maps use).
+        var dwFolded = new float[weight.Length];
+        var dxFolded = new float[x.Length];
+        var colsFolded = new float[batch * kk * hw];
+        var packedFolded = new float[(cout + 7) / 8 * 8 * batch * hw];
+        var rows = new float[cout * batch * hw];
+        fixed (float* px = x, pr = r, pdw = dwFolded, pdx = dxFolded, pt = packedT, pc = colsFolded, pg = packedFolded, prow = rows)
+        {
+            Backward.ConvFilterFolded(px, pr, pdw, pc, pg, batch, cin, h, w, cout, oh, ow, k, stride, pad);
+            Backward.ConvDataFolded(pr, pt, pdx, pc, prow, batch, cin, h, w, cout, oh, ow, k, stride, pad);
+        }
+        Check(weight, dwFolded, Forward, 0.25f, 1e-4, "dW (batch folded)");
+        Check(x, dxFolded, Forward, 0.25f, 1e-4, "dx (batch folded)");
     }
 
     [Theory]

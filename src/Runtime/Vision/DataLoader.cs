@@ -1,0 +1,189 @@
+using System;
+using System.Collections.Concurrent;
+using System.Collections.Generic;
+using System.Threading;
+using System.Threading.Tasks;
+
+namespace Unrolled.Vision;
+
+/// <summary>A batch from a <see cref="DataLoader"/>: valid until the next one is taken.</summary>
+public sealed class Batch
+{
+    internal Batch(int capacity, int sampleSize)
+    {
+        InputBuffer = new float[capacity * sampleSize];
+        LabelBuffer = new int[capacity];
+        SampleSize = sampleSize;
+    }
+
+    internal float[] InputBuffer { get; }
+    internal int[] LabelBuffer { get; }
+    internal int SampleSize { get; }
+
+    /// <summary>Images in this batch.</summary>
+    public int Count { get; internal set; }
+
+    /// <summary>NCHW float32, Count images.</summary>
+    public ReadOnlySpan<float> Input => InputBuffer.AsSpan(0, Count * SampleSize);
+
+    public ReadOnlySpan<int> Labels => LabelBuffer.AsSpan(0, Count);
+
+    /// <summary>The data-set indices of the images, in order.</summary>
+    public int[] Indices { get; internal set; } = Array.Empty<int>();
+}
+
+/// <summary>
+/// torch.utils.data.DataLoader over an <see cref="ImageFolder"/>: batches in a seeded shuffled (or fixed) order,
+/// optionally dropping the last partial batch; images are decoded and transformed on worker threads while the
+/// network computes, <see cref="Prefetch"/> batches ahead, into a fixed set of reused buffers.
+/// </summary>
+public sealed class DataLoader
+{
+    public DataLoader(ImageFolder dataset, Compose transform, int batchSize, bool shuffle = false, int seed = 0,
+        bool dropLast = false, int workers = 0, int prefetch = 2, bool skipBadImages = false)
+    {
+        Dataset = dataset ?? throw new ArgumentNullException(nameof(dataset));
+        Transform = transform ?? throw new ArgumentNullException(nameof(transform));
+        if (batchSize < 1) throw new ArgumentOutOfRangeException(nameof(batchSize), batchSize, "batch size must be >= 1");
+        if (prefetch < 1) throw new ArgumentOutOfRangeException(nameof(prefetch), prefetch, "prefetch must be >= 1");
+        BatchSize = batchSize;
+        Shuffle = shuffle;
+        Seed = seed;
+        DropLast = dropLast;
+        Workers = workers > 0 ? workers : Environment.ProcessorCount;
+        Prefetch = prefetch;
+        SkipBadImages = skipBadImages;
+        _pool = new Batch[prefetch + 1];
+        for (int i = 0; i < _pool.Length; i++) _pool[i] = new Batch(batchSize, transform.OutputSize);
+    }
+
+    private readonly Batch[] _pool;
+    private int _skipped;
+
+    public ImageFolder Dataset { get; }
+    public Compose Transform { get; }
+    public int BatchSize { get; }
+    public bool Shuffle { get; }
+    public int Seed { get; }
+    public bool DropLast { get; }
+    public int Workers { get; }
+    public int Prefetch { get; }
+    public bool SkipBadImages { get; }
+
+    /// <summary>Images skipped as unreadable so far (with <see cref="SkipBadImages"/>).</summary>
+    public int SkippedImages => Volatile.Read(ref _skipped);
+
+    public int BatchesPerEpoch => DropLast ? Dataset.Count / BatchSize : (Dataset.Count + BatchSize - 1) / BatchSize;
+
+    /// <summary>The order of an epoch: a Fisher-Yates shuffle seeded by (seed, epoch), or the data set's order.</summary>
+    public int[] Order(int epoch)
+    {
+        var order = new int[Dataset.Count];
+        for (int i = 0; i < order.Length; i++) order[i] = i;
+        if (Shuffle)
+        {
+            var rng = new Random(HashCode.Combine(Seed, epoch) & int.MaxValue);
+            for (int i = order.Length - 1; i > 0; i--)
+            {
+                int j = rng.Next(i + 1);
+                (order[i], order[j]) = (order[j], order[i]);
+            }
+        }
+        return order;
+    }
+
+    /// <summary>The batches of one epoch. A batch is valid until the next is taken (its buffers are reused).</summary>
+    public IEnumerable<Batch> Epoch(int epoch)
+    {
+        var order = Order(epoch);
+        int batches = BatchesPerEpoch;
+        using var free = new BlockingCollection<Batch>(new ConcurrentQueue<Batch>(_pool));
+        using var ready = new BlockingCollection<(Batch? Batch, Exception? Error)>(Prefetch);
+        using var cancel = new CancellationTokenSource();
+        var producer = Task.Run(() =>
+        {
+            try
+            {
+                for (int b = 0; b < batches; b++)
+                {
+                    var batch = free.Take(cancel.Token);
+                    Fill(batch, order, b * BatchSize, Math.Min(BatchSize, order.Length - b * BatchSize), epoch, b);
+                    ready.Add((batch, null), cancel.Token);
+                }
+            }
+            catch (OperationCanceledException)
+            {
+            }
+            catch (Exception e)
+            {
+                try { ready.Add((null, e)); } catch (InvalidOperationException) { }
+            }
+            finally
+            {
+                ready.CompleteAdding();
+            }
+        });
+
+        Batch? previous = null;
+        try
+        {
+            foreach (var (batch, error) in ready.GetConsumingEnumerable())
+            {
+                if (error is not null) throw error is ImageFileException ? error : new InvalidOperationException("loading a batch failed: " + error.Message, error);
+                if (previous is not null) free.Add(previous);
+                previous = batch;
+                if (batch!.Count == 0) continue; // every image of it was skipped
+                yield return batch;
+            }
+        }
+        finally
+        {
+            cancel.Cancel();
+            try { producer.Wait(); } catch (AggregateException) { }
+        }
+    }
+
+    private void Fill(Batch batch, int[] order, int start, int count, int epoch, int batchIndex)
+    {
+        int size = Transform.OutputSize;
+        var ok = new bool[count];
+        var indices = new int[count];
+        Exception? failure = null;
+        Parallel.For(0, count, new ParallelOptions { MaxDegreeOfParallelism = Workers }, i =>
+        {
+            int index = order[start + i];
+            indices[i] = index;
+            var (path, label) = Dataset.Samples[index];
+            // Each image's randomness depends on (seed, epoch, position) only: the same seed gives the same augmentations.
+            var rng = new Random(HashCode.Combine(Seed, epoch, batchIndex, i) & int.MaxValue);
+            try
+            {
+                Transform.Apply(path, batch.InputBuffer.AsSpan(i * size, size), rng);
+                batch.LabelBuffer[i] = label;
+                ok[i] = true;
+            }
+            catch (ImageFileException e)
+            {
+                if (SkipBadImages) Interlocked.Increment(ref _skipped);
+                else Interlocked.CompareExchange(ref failure, e, null);
+            }
+        });
+        if (failure is not null) throw failure;
+
+        // Close the gaps left by skipped images.
+        int kept = 0;
+        for (int i = 0; i < count; i++)
+        {
+            if (!ok[i]) continue;
+            if (kept != i)
+            {
+                batch.InputBuffer.AsSpan(i * size, size).CopyTo(batch.InputBuffer.AsSpan(kept * size, size));
+                batch.LabelBuffer[kept] = batch.LabelBuffer[i];
+                indices[kept] = indices[i];
+            }
+            kept++;
+        }
+        batch.Count = kept;
+        batch.Indices = kept == count ? indices : indices[..kept];
+    }
+}
