@@ -24,7 +24,6 @@ public sealed unsafe class NetworkState
     private readonly float[][] _packed;
     private readonly float[][] _bias;
     private float[][]? _packedTransposed;
-    private readonly float[] _foldScratch;
     private long _weightsVersion;
     private long _statisticsVersion;
     private (long Weights, long Statistics, bool Raw) _prepared = (-1, -1, false);
@@ -70,7 +69,6 @@ public sealed unsafe class NetworkState
         _bias = new float[convs][];
         _bnMean = new float[convs][];
         _bnInvStd = new float[convs][];
-        int maxWeights = 0;
         for (int i = 0; i < convs; i++)
         {
             var c = spec.Convs[i];
@@ -78,9 +76,7 @@ public sealed unsafe class NetworkState
             _bias[i] = new float[c.OutChannels];
             _bnMean[i] = new float[c.OutChannels];
             _bnInvStd[i] = new float[c.OutChannels];
-            maxWeights = Math.Max(maxWeights, c.OutChannels * c.K);
         }
-        _foldScratch = new float[maxWeights];
     }
 
     private static int Padded(int rows) => (rows + Gemm.MR - 1) / Gemm.MR * Gemm.MR;
@@ -359,39 +355,68 @@ public sealed unsafe class NetworkState
         // Training packs raw weights (BatchNorm runs after the conv); eval folds BN, so it also depends on the statistics.
         bool raw = IsTraining || transposed;
         var key = (_weightsVersion, raw ? -1 : _statisticsVersion, raw);
-        if (_prepared != key)
+        bool packForward = _prepared != key;
+        bool packTransposed = transposed && _preparedTransposed != _weightsVersion;
+        if (!packForward && !packTransposed) return;
+        if (packTransposed && _packedTransposed is null)
         {
-            for (int i = 0; i < _spec.Convs.Length; i++)
-            {
-                var c = _spec.Convs[i];
-                var weights = _values.AsSpan((int)c.Weight, c.OutChannels * c.K);
-                if (raw)
-                {
-                    Gemm.PackA(weights, c.OutChannels, c.K, _packed[i]);
-                }
-                else
-                {
-                    var folded = _foldScratch.AsSpan(0, c.OutChannels * c.K);
-                    Kernels.FoldBatchNorm(weights, _values.AsSpan((int)c.BatchNorm, 4 * c.OutChannels), c.OutChannels, c.K, folded, _bias[i]);
-                    Gemm.PackA(folded, c.OutChannels, c.K, _packed[i]);
-                }
-            }
-            _prepared = key;
+            _packedTransposed = new float[_spec.Convs.Length][];
+            for (int i = 0; i < _spec.Convs.Length; i++) _packedTransposed[i] = new float[Padded(_spec.Convs[i].K) * _spec.Convs[i].OutChannels];
         }
 
-        if (transposed && _preparedTransposed != _weightsVersion)
+        // One work item per conv and direction, on every core.
+        lock (s_prepareGate)
         {
-            if (_packedTransposed is null)
+            _prepareJob = new PrepareJob { Forward = packForward, Transposed = packTransposed, Raw = raw };
+            s_preparing = this;
+            try
             {
-                _packedTransposed = new float[_spec.Convs.Length][];
-                for (int i = 0; i < _spec.Convs.Length; i++) _packedTransposed[i] = new float[Padded(_spec.Convs[i].K) * _spec.Convs[i].OutChannels];
+                WorkerPool.Shared.Run(&PrepareItem, null, 2 * _spec.Convs.Length);
             }
-            for (int i = 0; i < _spec.Convs.Length; i++)
+            finally
             {
-                var c = _spec.Convs[i];
-                Gemm.PackATransposed(_values.AsSpan((int)c.Weight, c.OutChannels * c.K), c.OutChannels, c.K, _packedTransposed[i]);
+                s_preparing = null;
             }
-            _preparedTransposed = _weightsVersion;
+        }
+        if (packForward) _prepared = key;
+        if (packTransposed) _preparedTransposed = _weightsVersion;
+    }
+
+    private struct PrepareJob
+    {
+        public bool Forward, Transposed, Raw;
+    }
+
+    // The network being prepared (one at a time), and each thread's scratch for folding BatchNorm into weights.
+    private static readonly System.Threading.Lock s_prepareGate = new();
+    private static NetworkState? s_preparing;
+    [ThreadStatic] private static float[]? t_fold;
+    private PrepareJob _prepareJob;
+
+    private static void PrepareItem(void* context, int item)
+    {
+        var self = s_preparing!;
+        int i = item >> 1;
+        var c = self._spec.Convs[i];
+        var weights = self._values.AsSpan((int)c.Weight, c.OutChannels * c.K);
+        if ((item & 1) == 0)
+        {
+            if (!self._prepareJob.Forward) return;
+            if (self._prepareJob.Raw)
+            {
+                Gemm.PackA(weights, c.OutChannels, c.K, self._packed[i]);
+            }
+            else
+            {
+                if (t_fold is null || t_fold.Length < c.OutChannels * c.K) t_fold = new float[c.OutChannels * c.K]; // once per thread
+                var folded = t_fold.AsSpan(0, c.OutChannels * c.K);
+                Kernels.FoldBatchNorm(weights, self._values.AsSpan((int)c.BatchNorm, 4 * c.OutChannels), c.OutChannels, c.K, folded, self._bias[i]);
+                Gemm.PackA(folded, c.OutChannels, c.K, self._packed[i]);
+            }
+        }
+        else if (self._prepareJob.Transposed)
+        {
+            Gemm.PackATransposed(weights, c.OutChannels, c.K, self._packedTransposed![i]);
         }
     }
 
