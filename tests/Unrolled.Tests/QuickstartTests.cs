@@ -93,6 +93,28 @@ public class DataTests
         Assert.All(dropLast.Epoch(0), b => Assert.Equal(50, b.Count));
     }
 
+    /// <summary>
+    /// The shuffle must be the same in every process, not only within one: its seeds come from SplitMix64 (checked
+    /// against the published first output for state 0) and System.Random's seeded generator, both fixed algorithms.
+    /// </summary>
+    [Fact]
+    public void ShuffleSeedsDoNotDependOnTheProcess()
+    {
+        Assert.Equal(0xE220A8397B1DCDAFUL, DataLoader.SplitMix64(0));
+        Assert.Equal(DataLoader.SeedOf(7, 3), DataLoader.SeedOf(7, 3));
+        Assert.NotEqual(DataLoader.SeedOf(7, 3), DataLoader.SeedOf(7, 4));
+        var test = new ImageFolder(Digits("test"));
+        var order = new DataLoader(test, DigitsTransform(), 32, shuffle: true, seed: 7).Order(2);
+        var expected = Enumerable.Range(0, test.Count).ToArray();
+        var rng = new Random(DataLoader.SeedOf(7, 2));
+        for (int i = expected.Length - 1; i > 0; i--)
+        {
+            int j = rng.Next(i + 1);
+            (expected[i], expected[j]) = (expected[j], expected[i]);
+        }
+        Assert.Equal(expected, order);
+    }
+
     [Fact]
     public void ABatchHoldsTheTransformedImagesAndTheirLabels()
     {

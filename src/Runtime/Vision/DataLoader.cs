@@ -82,7 +82,7 @@ public sealed class DataLoader
         for (int i = 0; i < order.Length; i++) order[i] = i;
         if (Shuffle)
         {
-            var rng = new Random(HashCode.Combine(Seed, epoch) & int.MaxValue);
+            var rng = new Random(SeedOf(Seed, epoch));
             for (int i = order.Length - 1; i > 0; i--)
             {
                 int j = rng.Next(i + 1);
@@ -90,6 +90,28 @@ public sealed class DataLoader
             }
         }
         return order;
+    }
+
+    /// <summary>
+    /// SplitMix64's output function: a fixed, well-mixed function of its input, the same in every process
+    /// (HashCode.Combine is randomized per process and would make "the same seed" differ between runs).
+    /// </summary>
+    public static ulong SplitMix64(ulong state)
+    {
+        ulong z = state + 0x9E3779B97F4A7C15UL;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
+        return z ^ (z >> 31);
+    }
+
+    /// <summary>A non-negative seed derived from the loader's seed and positions, identical in every run.</summary>
+    internal static int SeedOf(int seed, int epoch, int batch = -1, int item = -1)
+    {
+        ulong h = SplitMix64((ulong)(uint)seed);
+        h = SplitMix64(h ^ (uint)epoch);
+        h = SplitMix64(h ^ (uint)batch);
+        h = SplitMix64(h ^ (uint)item);
+        return (int)(h & int.MaxValue);
     }
 
     /// <summary>The batches of one epoch. A batch is valid until the next is taken (its buffers are reused).</summary>
@@ -155,7 +177,7 @@ public sealed class DataLoader
             indices[i] = index;
             var (path, label) = Dataset.Samples[index];
             // Each image's randomness depends on (seed, epoch, position) only: the same seed gives the same augmentations.
-            var rng = new Random(HashCode.Combine(Seed, epoch, batchIndex, i) & int.MaxValue);
+            var rng = new Random(SeedOf(Seed, epoch, batchIndex, i));
             try
             {
                 Transform.Apply(path, batch.InputBuffer.AsSpan(i * size, size), rng);
