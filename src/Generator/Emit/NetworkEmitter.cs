@@ -216,28 +216,7 @@ internal static class NetworkEmitter
             : tensor == logits ? "logits"
             : $"a.Slice({Lit(plan.Offsets[tensor])} * n, {Lit(d.Tensors[tensor].Size)} * n)";
 
-        string? block = null;
-        foreach (var step in d.Steps)
-        {
-            BlockHeader(w, d, step, ref block);
-            var l = step.Main;
-            w.Line("// " + Comment(step));
-            switch (step.Kind)
-            {
-                case StepKind.ConvBn:
-                    w.Line($"s.Conv({step.Conv}, {T(step.Input)}, {T(step.Output)}, {(step.Residual >= 0 ? T(step.Residual) : "default")}, {Shapes(l)}, relu: {Bool(step.Relu)});");
-                    break;
-                case StepKind.MaxPool:
-                    w.Line($"s.MaxPool({T(step.Input)}, {T(step.Output)}, n, {l.In.C}, {l.In.H}, {l.In.W}, {l.Out.H}, {l.Out.W}, {l.Kernel}, {l.Stride}, {l.Pad});");
-                    break;
-                case StepKind.AvgPool:
-                    w.Line($"s.GlobalAveragePool({T(step.Input)}, {T(step.Output)}, n, {l.In.C}, {l.In.H * l.In.W});");
-                    break;
-                case StepKind.Linear:
-                    w.Line($"s.Linear({T(step.Input)}, {T(step.Output)}, n);");
-                    break;
-            }
-        }
+        EmitForwardSteps(w, d, T, training: false);
         w.Close();
         w.Line();
     }
@@ -264,37 +243,15 @@ internal static class NetworkEmitter
             : $"a.Slice({Lit(plan.Saved[tensor])} * n, {Lit(d.Tensors[tensor].Size)} * n)";
         string G(int tensor) => tensor <= 0 ? "default" : $"g.Slice({Lit(plan.Gradient[tensor])} * n, {Lit(d.Tensors[tensor].Size)} * n)";
 
-        string? block = null;
         w.Line();
         w.Line("// ---- forward, keeping what backward needs: each conv's output before BatchNorm (z) and after (a)");
-        foreach (var step in d.Steps)
-        {
-            BlockHeader(w, d, step, ref block);
-            var l = step.Main;
-            w.Line("// " + Comment(step));
-            switch (step.Kind)
-            {
-                case StepKind.ConvBn:
-                    w.Line($"s.ConvTrain({step.Conv}, {A(step.Input)}, {A(step.PreNorm)}, {A(step.Output)}, {(step.Residual >= 0 ? A(step.Residual) : "default")}, {Shapes(l)}, relu: {Bool(step.Relu)});");
-                    break;
-                case StepKind.MaxPool:
-                    w.Line($"s.MaxPool({A(step.Input)}, {A(step.Output)}, n, {l.In.C}, {l.In.H}, {l.In.W}, {l.Out.H}, {l.Out.W}, {l.Kernel}, {l.Stride}, {l.Pad});");
-                    break;
-                case StepKind.AvgPool:
-                    w.Line($"s.GlobalAveragePool({A(step.Input)}, {A(step.Output)}, n, {l.In.C}, {l.In.H * l.In.W});");
-                    break;
-                case StepKind.Linear:
-                    w.Line($"s.Linear({A(step.Input)}, {A(step.Output)}, n);");
-                    break;
-            }
-        }
-
+        EmitForwardSteps(w, d, A, training: true);
         w.Line();
         w.Line("// ---- loss: mean cross-entropy, and dL/dlogits");
         w.Line($"float loss = s.CrossEntropy(logits, labels, {G(logits)}, n);");
         w.Line();
         w.Line("// ---- backward: the same steps in reverse; a gradient is zeroed before its first contribution");
-        block = null;
+        string? block = null;
         for (int i = d.Steps.Count - 1; i >= 0; i--)
         {
             var step = d.Steps[i];
@@ -323,6 +280,40 @@ internal static class NetworkEmitter
         w.Line("return loss;");
         w.Close();
         w.Line();
+    }
+
+    /// <summary>
+    /// The forward steps as kernel calls, <paramref name="tensor"/> naming each tensor's memory. For training, each conv
+    /// also keeps its output before BatchNorm.
+    /// </summary>
+    private static void EmitForwardSteps(IndentedWriter w, NetworkDescription d, Func<int, string> tensor, bool training)
+    {
+        string? block = null;
+        foreach (var step in d.Steps)
+        {
+            BlockHeader(w, d, step, ref block);
+            var l = step.Main;
+            w.Line("// " + Comment(step));
+            string input = tensor(step.Input), output = tensor(step.Output);
+            switch (step.Kind)
+            {
+                case StepKind.ConvBn:
+                    string residual = step.Residual >= 0 ? tensor(step.Residual) : "default";
+                    w.Line(training
+                        ? $"s.ConvTrain({step.Conv}, {input}, {tensor(step.PreNorm)}, {output}, {residual}, {Shapes(l)}, relu: {Bool(step.Relu)});"
+                        : $"s.Conv({step.Conv}, {input}, {output}, {residual}, {Shapes(l)}, relu: {Bool(step.Relu)});");
+                    break;
+                case StepKind.MaxPool:
+                    w.Line($"s.MaxPool({input}, {output}, n, {l.In.C}, {l.In.H}, {l.In.W}, {l.Out.H}, {l.Out.W}, {l.Kernel}, {l.Stride}, {l.Pad});");
+                    break;
+                case StepKind.AvgPool:
+                    w.Line($"s.GlobalAveragePool({input}, {output}, n, {l.In.C}, {l.In.H * l.In.W});");
+                    break;
+                case StepKind.Linear:
+                    w.Line($"s.Linear({input}, {output}, n);");
+                    break;
+            }
+        }
     }
 
     private static string Bool(bool b) => b ? "true" : "false";

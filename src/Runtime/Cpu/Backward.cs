@@ -21,15 +21,8 @@ internal static unsafe class Backward
     /// is gathered into <paramref name="colsT"/> and gz is packed into <paramref name="packedGz"/>.
     /// </summary>
     public static void ConvFilter(float* x, float* gz, float* dw, float* colsT, float* packedGz,
-        int cin, int h, int w, int cout, int oh, int ow, int kernel, int stride, int pad)
-    {
-        int hw = oh * ow;
-        int k = cin * kernel * kernel;
-        Gemm.PackA(new ReadOnlySpan<float>(gz, cout * hw), cout, hw, new Span<float>(packedGz, (cout + Gemm.MR - 1) / Gemm.MR * Gemm.MR * hw));
-        var job = new GatherJob { X = x, ColsT = colsT, Cin = cin, H = h, W = w, OW = ow, Kernel = kernel, Stride = stride, Pad = pad, K = k, Hw = hw };
-        WorkerPool.Shared.Run(&GatherRow, &job, hw);
-        Gemm.Multiply(packedGz, cout, hw, colsT, k, k, dw, k, accumulate: true);
-    }
+        int cin, int h, int w, int cout, int oh, int ow, int kernel, int stride, int pad) =>
+        ConvFilterFolded(x, gz, dw, colsT, packedGz, 1, cin, h, w, cout, oh, ow, kernel, stride, pad);
 
     /// <summary>
     /// <see cref="ConvFilter"/> for the whole batch at once, for small maps: dW += gz[Cout x batch*HW] . cols^T,

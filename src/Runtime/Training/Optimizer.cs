@@ -34,15 +34,43 @@ public abstract class Optimizer
     public long Steps { get; private protected set; }
 
     /// <summary>Applies one update from the accumulated gradients.</summary>
-    public void Step()
+    public unsafe void Step()
     {
-        var values = State.Values;
-        var gradients = State.Gradients;
         Steps++;
-        foreach (var (offset, count) in State.ParameterRanges)
-            Update(values.Slice(offset, count), gradients.Slice(offset, count), offset);
+        // Every parameter, in chunks of at most ChunkSize elements, on every core (the updates are element-wise).
+        if (_chunks is null)
+        {
+            var chunks = new List<(int, int)>();
+            foreach (var (offset, count) in State.ParameterRanges)
+                for (int at = 0; at < count; at += ChunkSize) chunks.Add((offset + at, Math.Min(ChunkSize, count - at)));
+            _chunks = chunks.ToArray();
+        }
+        lock (s_gate)
+        {
+            s_current = this;
+            try
+            {
+                Cpu.WorkerPool.Shared.Run(&UpdateChunk, null, _chunks.Length);
+            }
+            finally
+            {
+                s_current = null;
+            }
+        }
         AfterStep();
         State.MarkWeightsChanged();
+    }
+
+    private const int ChunkSize = 1 << 18;
+    private (int Offset, int Count)[]? _chunks;
+    private static readonly System.Threading.Lock s_gate = new();
+    private static Optimizer? s_current;
+
+    private static unsafe void UpdateChunk(void* context, int item)
+    {
+        var self = s_current!;
+        var (offset, count) = self._chunks![item];
+        self.Update(self.State.Values.Slice(offset, count), self.State.Gradients.Slice(offset, count), offset);
     }
 
     private protected virtual void AfterStep() { }
@@ -50,7 +78,10 @@ public abstract class Optimizer
     /// <summary>As <c>optimizer.zero_grad()</c>.</summary>
     public void ZeroGrad() => Network.ZeroGrad();
 
-    /// <summary>Updates one parameter; <paramref name="offset"/> locates its buffers (they share the values' layout).</summary>
+    /// <summary>
+    /// Updates a slice of one parameter (possibly on a worker thread, beside other slices); <paramref name="offset"/>
+    /// locates its buffers, which share the values' layout.
+    /// </summary>
     private protected abstract void Update(Span<float> parameter, ReadOnlySpan<float> gradient, int offset);
 
     /// <summary>The optimizer's buffers by name, each in the layout of the network's values (for checkpoints).</summary>
