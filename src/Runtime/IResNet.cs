@@ -34,5 +34,6 @@ public interface IResNet
     void ZeroGrad();
     float[] GetTensor(string key);
     float[] GetGradient(string key);
+    void SetTensor(string key, ReadOnlySpan<float> values);
     int[] GetShape(string key);
 }

@@ -9,16 +9,6 @@ namespace Unrolled.Tests;
 /// <summary>Generated networks against the independent reference model, and the behaviour of the public contract.</summary>
 public class NetworkTests(ITestOutputHelper output)
 {
-    private static void SetTensor(IResNet net, string key, float[] values)
-    {
-        switch (net)
-        {
-            case Basic72x88 b: b.SetTensor(key, values); break;
-            case Bottleneck72x88 b: b.SetTensor(key, values); break;
-            default: throw new NotSupportedException();
-        }
-    }
-
     private static void RandomizeBatchNorm(IResNet net, int seed)
     {
         var rng = new Random(seed);
@@ -34,7 +24,7 @@ public class NetworkTests(ITestOutputHelper output)
                     : key.EndsWith("weight", StringComparison.Ordinal) ? (float)(0.5 + u)
                     : (float)(u - 0.5);
             }
-            SetTensor(net, key, t);
+            net.SetTensor(key, t);
         }
     }
 

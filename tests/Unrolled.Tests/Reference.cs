@@ -24,7 +24,7 @@ internal static class Reference
     }
 
     public static string SharedOrSkip(string name) =>
-        Shared(name) ?? throw new SkipException(
+        Shared(name) ?? throw new MissingReferenceException(
             $"../shared/reference/{name} is absent (looked upwards from {AppContext.BaseDirectory}; set UNROLLED_SHARED to the shared folder).");
 
     /// <summary>Every tensor of a .safetensors file as float32 (int64 converted).</summary>
@@ -90,5 +90,5 @@ internal static class Reference
     }
 }
 
-/// <summary>Thrown to mark a test that cannot run here (a large reference file is absent); reported as a failure with this reason.</summary>
-internal sealed class SkipException(string reason) : Exception(reason);
+/// <summary>A large reference file is absent: the test fails with this message, which says where it looked.</summary>
+internal sealed class MissingReferenceException(string message) : Exception(message);
