@@ -115,4 +115,41 @@ public class VisionTests(ITestOutputHelper output)
             Directory.Delete(dir, true);
         }
     }
+
+    [Fact]
+    public void RandomResizedCropSamplesTorchvisionsRanges()
+    {
+        var crop = new RandomResizedCrop(224);
+        var rng = new Random(3);
+        int fallbacks = 0;
+        for (int i = 0; i < 2000; i++)
+        {
+            var (top, left, h, w) = crop.Sample(300, 451, rng);
+            Assert.InRange(top, 0, 300 - h);
+            Assert.InRange(left, 0, 451 - w);
+            double area = (double)h * w / (300 * 451), aspect = (double)w / h;
+            // Rounding w and h to integers moves area and aspect a little past the sampled ranges.
+            Assert.InRange(area, 0.08 * 0.97, 1.0);
+            Assert.InRange(aspect, 0.75 * 0.97, 4.0 / 3 * 1.03);
+            if (h == 300 && w == 400) fallbacks++;
+        }
+        Assert.True(fallbacks < 200, $"{fallbacks} central fallbacks");
+        // A very wide image where no sample fits takes the central fallback, clamped to ratio 4/3.
+        var narrow = new RandomResizedCrop(8, minScale: 1.0, maxScale: 1.0);
+        Assert.Equal((0, 430, 30, 40), narrow.Sample(30, 900, new Random(0)));
+    }
+
+    [Fact]
+    public void TheTrainingPresetIsSeededAndSizedAsPromised()
+    {
+        var preset = Preprocess.ImageNetTrain();
+        var a = new float[preset.OutputSize];
+        var b = new float[preset.OutputSize];
+        preset.Apply(Reference.Fixture("coffee.png"), a, new Random(11));
+        preset.Apply(Reference.Fixture("coffee.png"), b, new Random(11));
+        Assert.Equal(a, b);
+        preset.Apply(Reference.Fixture("coffee.png"), b, new Random(12));
+        Assert.NotEqual(a, b);
+        Assert.Equal(3 * 224 * 224, preset.OutputSize);
+    }
 }

@@ -45,6 +45,58 @@ public sealed class Grayscale : ImageTransform
     }
 }
 
+/// <summary>
+/// transforms.RandomResizedCrop(size, scale, ratio): a crop of random area (a fraction in <c>scale</c> of the image)
+/// and aspect ratio (log-uniform in <c>ratio</c>), chosen as torchvision's get_params does (ten tries, then the
+/// central fallback), resized to size x size with the antialiased bilinear filter.
+/// </summary>
+public sealed class RandomResizedCrop : ImageTransform
+{
+    public RandomResizedCrop(int size, double minScale = 0.08, double maxScale = 1.0, double minRatio = 3.0 / 4, double maxRatio = 4.0 / 3)
+    {
+        if (size < 1) throw new ArgumentOutOfRangeException(nameof(size), size, "size must be >= 1");
+        if (!(0 < minScale && minScale <= maxScale)) throw new ArgumentException("the scale range must satisfy 0 < min <= max");
+        if (!(0 < minRatio && minRatio <= maxRatio)) throw new ArgumentException("the ratio range must satisfy 0 < min <= max");
+        Size = size;
+        (MinScale, MaxScale, MinRatio, MaxRatio) = (minScale, maxScale, minRatio, maxRatio);
+    }
+
+    public int Size { get; }
+    public double MinScale { get; }
+    public double MaxScale { get; }
+    public double MinRatio { get; }
+    public double MaxRatio { get; }
+
+    /// <summary>torchvision's get_params: (top, left, height, width) of the crop.</summary>
+    public (int Top, int Left, int Height, int Width) Sample(int height, int width, Random random)
+    {
+        double area = (double)height * width;
+        double logMin = Math.Log(MinRatio), logMax = Math.Log(MaxRatio);
+        for (int attempt = 0; attempt < 10; attempt++)
+        {
+            double target = area * (MinScale + random.NextDouble() * (MaxScale - MinScale));
+            double aspect = Math.Exp(logMin + random.NextDouble() * (logMax - logMin));
+            int w = (int)Math.Round(Math.Sqrt(target * aspect), MidpointRounding.ToEven);
+            int h = (int)Math.Round(Math.Sqrt(target / aspect), MidpointRounding.ToEven);
+            if (0 < w && w <= width && 0 < h && h <= height)
+                return (random.Next(height - h + 1), random.Next(width - w + 1), h, w);
+        }
+        // Fallback: the central crop with the aspect ratio clamped to the range.
+        double inRatio = (double)width / height;
+        int cw = width, ch = height;
+        if (inRatio < MinRatio) ch = (int)Math.Round(cw / MinRatio, MidpointRounding.ToEven);
+        else if (inRatio > MaxRatio) cw = (int)Math.Round(ch * MaxRatio, MidpointRounding.ToEven);
+        return ((height - ch) / 2, (width - cw) / 2, ch, cw);
+    }
+
+    public override void Apply(Image<Rgb24> image, Random random)
+    {
+        var (top, left, h, w) = Sample(image.Height, image.Width, random);
+        image.Mutate(x => x.Crop(new Rectangle(left, top, w, h))
+            .Resize(new ResizeOptions { Size = new Size(Size, Size), Sampler = Transforms.Bilinear, Mode = ResizeMode.Stretch }));
+    }
+}
+
 /// <summary>transforms.RandomHorizontalFlip(p).</summary>
 public sealed class RandomHorizontalFlip(double p = 0.5) : ImageTransform
 {

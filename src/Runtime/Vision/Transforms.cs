@@ -147,6 +147,17 @@ public static class Preprocess
     public static ReadOnlySpan<float> ImageNetStd => new[] { 0.229f, 0.224f, 0.225f };
 
     /// <summary>
+    /// torchvision's ImageNet training transform: RandomResizedCrop(<paramref name="size"/>) -> RandomHorizontalFlip()
+    /// -> ToTensor() -> Normalize(ImageNet), for a <see cref="DataLoader"/> (seeded per image by the loader).
+    /// </summary>
+    public static Compose ImageNetTrain(int size = 224) =>
+        new(size, size, new ImageTransform[] { new RandomResizedCrop(size), new RandomHorizontalFlip() }, ImageNetMean, ImageNetStd);
+
+    /// <summary>The eval transform as a pipeline for a <see cref="DataLoader"/>.</summary>
+    public static Compose ImageNetEvalTransform(int resize = 256, int crop = 224) =>
+        new(crop, crop, new ImageTransform[] { new Resize(resize), new CenterCrop(crop) }, ImageNetMean, ImageNetStd);
+
+    /// <summary>
     /// torchvision's ImageNet eval transform: Resize(<paramref name="resize"/>) -> CenterCrop(<paramref name="crop"/>)
     /// -> ToTensor() -> Normalize(ImageNet). Returns the CHW float32 tensor [3, crop, crop].
     /// (ResNet V1 weights use resize 256, V2 weights 232.)
