@@ -18,7 +18,7 @@ public sealed unsafe class NetworkState
     private readonly Dictionary<string, StateEntry> _byKey;
     private float[] _values;
     private long[] _counters;
-    private readonly float[] _gradients;
+    private readonly float[] _gradientStore;
 
     // Weights as the kernels stream them, rebuilt when the weights, the BN statistics or the mode change.
     private readonly float[][] _packed;
@@ -52,7 +52,7 @@ public sealed unsafe class NetworkState
             _ => throw new ArgumentOutOfRangeException(nameof(device), device, "expected Device.Cpu, Device.Auto or Device.Cuda"),
         };
         _values = new float[spec.ValueCount];
-        _gradients = new float[spec.ValueCount];
+        _gradientStore = new float[spec.ValueCount + Skew.Gradients];
         _counters = new long[spec.CounterCount];
         _byKey = new Dictionary<string, StateEntry>(spec.Entries.Length, StringComparer.Ordinal);
         var parameters = new List<(int, int)>();
@@ -95,7 +95,7 @@ public sealed unsafe class NetworkState
     public Span<float> Values => _values;
 
     /// <summary>Every gradient, in the layout of the values (zero outside the parameters).</summary>
-    public Span<float> Gradients => _gradients;
+    public Span<float> Gradients => _gradientStore.AsSpan(Skew.Gradients, (int)_spec.ValueCount);
 
     /// <summary>The int64 counters (num_batches_tracked).</summary>
     public Span<long> Counters => _counters;
@@ -171,7 +171,7 @@ public sealed unsafe class NetworkState
         var e = Entry(key);
         if (!e.IsParameter)
             throw new ArgumentException($"'{key}' is a buffer (running statistics or a counter), not a parameter, and has no gradient.", nameof(key));
-        return _gradients.AsSpan((int)e.Offset, (int)e.Count).ToArray();
+        return Gradients.Slice((int)e.Offset, (int)e.Count).ToArray();
     }
 
     public int[] GetShape(string key) => (int[])Entry(key).Shape.Clone();
@@ -189,7 +189,7 @@ public sealed unsafe class NetworkState
     }
 
     /// <summary>Sets every gradient to zero (as <c>optimizer.zero_grad()</c>).</summary>
-    public void ZeroGrad() => Array.Clear(_gradients);
+    public void ZeroGrad() => Gradients.Clear();
 
     /// <summary>Loads a torchvision state_dict (torch.save zip or .safetensors), strictly and all-or-nothing.</summary>
     public void LoadWeights(string path)
@@ -480,7 +480,7 @@ public sealed unsafe class NetworkState
         if (_packedGradient.Length < Padded(cout) * columns) _packedGradient = new float[Padded(cout) * columns];
         if (_columns.Length < columns * c.K) _columns = new float[columns * c.K];
         if (fold && _gradientRows.Length < cout * columns) _gradientRows = new float[cout * columns];
-        fixed (float* px = x, pz = z, pa = a, pg = g, pgr = gResidual, pgx = gx, pvalues = _values, pgrads = _gradients,
+        fixed (float* px = x, pz = z, pa = a, pg = g, pgr = gResidual, pgx = gx, pvalues = _values, pgrads = Gradients,
                pmean = _bnMean[index], pinv = _bnInvStd[index], pwt = _packedTransposed![index], pcols = _columns, pgz = _packedGradient)
         {
             Cpu.Backward.BatchNorm(pz, pa, pg, gResidual.IsEmpty ? null : pgr, pvalues + c.BatchNorm, pmean, pinv,
@@ -525,7 +525,7 @@ public sealed unsafe class NetworkState
 
     public void LinearBackward(ReadOnlySpan<float> x, ReadOnlySpan<float> g, Span<float> gx, int batch) =>
         Cpu.Backward.Linear(x, g, _values.AsSpan((int)_spec.FcWeight, _spec.NumClasses * _spec.FcIn),
-            _gradients.AsSpan((int)_spec.FcWeight, _spec.NumClasses * _spec.FcIn), _gradients.AsSpan((int)_spec.FcBias, _spec.NumClasses),
+            Gradients.Slice((int)_spec.FcWeight, _spec.NumClasses * _spec.FcIn), Gradients.Slice((int)_spec.FcBias, _spec.NumClasses),
             gx, batch, _spec.FcIn, _spec.NumClasses);
 
     /// <summary>Mean cross-entropy (as nn.CrossEntropyLoss) and dL/dlogits.</summary>

@@ -23,8 +23,8 @@ public sealed class AdamW : Optimizer
         Beta2 = beta2;
         Epsilon = epsilon;
         WeightDecay = weightDecay;
-        _expAvg = new float[State.Values.Length];
-        _expAvgSq = new float[State.Values.Length];
+        _expAvg = new float[State.Values.Length + Runtime.Skew.First];
+        _expAvgSq = new float[State.Values.Length + Runtime.Skew.Second];
     }
 
     public float Beta1 { get; }
@@ -40,8 +40,8 @@ public sealed class AdamW : Optimizer
         float stepSize = (float)(lr / (1 - Math.Pow(Beta1, t)));
         float correction2Sqrt = (float)Math.Sqrt(1 - Math.Pow(Beta2, t));
         float b1 = Beta1, b2 = Beta2, eps = Epsilon;
-        var m = _expAvg.AsSpan(offset, p.Length);
-        var v = _expAvgSq.AsSpan(offset, p.Length);
+        var m = _expAvg.AsSpan(Runtime.Skew.First + offset, p.Length);
+        var v = _expAvgSq.AsSpan(Runtime.Skew.Second + offset, p.Length);
         for (int i = 0; i < p.Length; i++)
         {
             float gi = g[i];
@@ -52,5 +52,9 @@ public sealed class AdamW : Optimizer
         }
     }
 
-    internal override IReadOnlyList<(string Name, float[] Values)> Buffers => new[] { ("exp_avg", _expAvg), ("exp_avg_sq", _expAvgSq) };
+    internal override IReadOnlyList<(string Name, Memory<float> Values)> Buffers => new[]
+    {
+        ("exp_avg", new Memory<float>(_expAvg, Runtime.Skew.First, State.Values.Length)),
+        ("exp_avg_sq", new Memory<float>(_expAvgSq, Runtime.Skew.Second, State.Values.Length)),
+    };
 }

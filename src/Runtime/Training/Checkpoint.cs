@@ -48,7 +48,7 @@ public static class Checkpoint
             foreach (var (name, buffer) in optimizer.Buffers)
                 foreach (var e in state.Spec.Entries)
                     if (e.IsParameter)
-                        tensors.Add(($"optimizer.{name}.{e.Key}", e.Shape, new ReadOnlyMemory<float>(buffer, (int)e.Offset, (int)e.Count), null));
+                        tensors.Add(($"optimizer.{name}.{e.Key}", e.Shape, buffer.Slice((int)e.Offset, (int)e.Count), null));
         }
         if (scheduler is not null) metadata["scheduler.epoch"] = scheduler.Epoch.ToString(CultureInfo.InvariantCulture);
         SafeTensorsFile.Write(path, tensors, metadata);
@@ -68,7 +68,7 @@ public static class Checkpoint
         var (values, counters) = state.ReadState(file, "model.", strict: true);
 
         // Optimizer buffers: read into fresh arrays too.
-        var buffers = new List<(float[] Target, float[] Loaded)>();
+        var buffers = new List<(Memory<float> Target, float[] Loaded)>();
         long steps = 0;
         float lr = 0;
         if (optimizer is not null)
@@ -103,7 +103,7 @@ public static class Checkpoint
         state.Commit(values, counters);
         if (optimizer is not null)
         {
-            foreach (var (target, loaded) in buffers) loaded.CopyTo(target, 0);
+            foreach (var (target, loaded) in buffers) loaded.CopyTo(target);
             optimizer.LoadScalars(meta);
             optimizer.Restore(steps, lr);
         }

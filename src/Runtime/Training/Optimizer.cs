@@ -85,7 +85,7 @@ public abstract class Optimizer
     private protected abstract void Update(Span<float> parameter, ReadOnlySpan<float> gradient, int offset);
 
     /// <summary>The optimizer's buffers by name, each in the layout of the network's values (for checkpoints).</summary>
-    internal abstract IReadOnlyList<(string Name, float[] Values)> Buffers { get; }
+    internal abstract IReadOnlyList<(string Name, Memory<float> Values)> Buffers { get; }
 
     /// <summary>Scalars a checkpoint must restore besides the buffers.</summary>
     internal virtual void SaveScalars(IDictionary<string, string> metadata) { }
@@ -120,7 +120,7 @@ public sealed class Sgd : Optimizer
         Dampening = dampening;
         WeightDecay = weightDecay;
         Nesterov = nesterov;
-        _momentum = momentum != 0 ? new float[State.Values.Length] : Array.Empty<float>();
+        _momentum = momentum != 0 ? new float[State.Values.Length + Runtime.Skew.First] : Array.Empty<float>();
     }
 
     public float Momentum { get; }
@@ -132,7 +132,7 @@ public sealed class Sgd : Optimizer
     {
         float lr = LearningRate, wd = WeightDecay, m = Momentum, keep = 1 - Dampening;
         bool first = !_hasMomentum;
-        var buf = Momentum != 0 ? _momentum.AsSpan(offset, p.Length) : Span<float>.Empty;
+        var buf = Momentum != 0 ? _momentum.AsSpan(Runtime.Skew.First + offset, p.Length) : Span<float>.Empty;
         for (int i = 0; i < p.Length; i++)
         {
             float d = g[i];
@@ -149,8 +149,8 @@ public sealed class Sgd : Optimizer
 
     private protected override void AfterStep() => _hasMomentum = Momentum != 0;
 
-    internal override IReadOnlyList<(string Name, float[] Values)> Buffers =>
-        Momentum != 0 ? new[] { ("momentum_buffer", _momentum) } : Array.Empty<(string, float[])>();
+    internal override IReadOnlyList<(string Name, Memory<float> Values)> Buffers =>
+        Momentum != 0 ? new[] { ("momentum_buffer", new Memory<float>(_momentum, Runtime.Skew.First, State.Values.Length)) } : Array.Empty<(string, Memory<float>)>();
 
     internal override void SaveScalars(IDictionary<string, string> metadata) => metadata["sgd.has_momentum"] = _hasMomentum ? "1" : "0";
 
