@@ -23,17 +23,34 @@ public static class Transforms
     /// <summary>Largest image accepted by <see cref="Load"/>, in pixels (width x height), checked before any pixel memory is taken.</summary>
     public const long DefaultMaxPixels = 64L * 1024 * 1024;
 
-    /// <summary>Loads an image as RGB, refusing files over <paramref name="maxPixels"/> before decoding their pixels.</summary>
+    /// <summary>Largest image file accepted, in bytes (the file is read whole, once, into a pooled buffer).</summary>
+    public const long MaxFileBytes = 256L << 20;
+
+    /// <summary>
+    /// Loads an image as RGB, refusing files over <paramref name="maxPixels"/> before decoding their pixels. The file
+    /// is read once into a pooled buffer; the size check, the completeness check and the decoding all see those bytes.
+    /// </summary>
     public static Image<Rgb24> Load(string path, long maxPixels = DefaultMaxPixels)
     {
         ArgumentNullException.ThrowIfNull(path);
+        byte[]? rented = null;
         try
         {
-            var info = Image.Identify(path, out var format) ?? throw new ImageFileException(path, "is not an image in a supported format (PNG, JPEG, BMP, GIF, TGA, TIFF, WebP, PBM)");
+            int length;
+            using (var file = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 1, FileOptions.SequentialScan))
+            {
+                if (file.Length > MaxFileBytes) throw new ImageFileException(path, $"is {file.Length} bytes; image files of at most {MaxFileBytes} bytes are accepted");
+                length = (int)file.Length;
+                rented = System.Buffers.ArrayPool<byte>.Shared.Rent(Math.Max(length, 1));
+                file.ReadExactly(rented, 0, length);
+            }
+            using var memory = new MemoryStream(rented, 0, length, writable: false);
+            var info = Image.Identify(memory, out var format) ?? throw new ImageFileException(path, "is not an image in a supported format (PNG, JPEG, BMP, GIF, TGA, TIFF, WebP, PBM)");
             if ((long)info.Width * info.Height > maxPixels || info.Width <= 0 || info.Height <= 0)
                 throw new ImageFileException(path, $"is {info.Width}x{info.Height} pixels; at most {maxPixels} pixels are accepted");
-            CheckComplete(path, format?.Name);
-            return Image.Load<Rgb24>(path);
+            CheckComplete(path, format?.Name, new ReadOnlySpan<byte>(rented, 0, length));
+            memory.Position = 0;
+            return Image.Load<Rgb24>(memory);
         }
         catch (ImageFileException)
         {
@@ -47,23 +64,23 @@ public static class Transforms
         {
             throw new ImageFileException(path, "cannot be read: " + e.Message, e);
         }
+        finally
+        {
+            if (rented is not null) System.Buffers.ArrayPool<byte>.Shared.Return(rented);
+        }
     }
 
     /// <summary>
     /// ImageSharp decodes a truncated PNG or JPEG without complaint (the missing rows come out black), so the end of
     /// the file is checked: a PNG must end with its IEND chunk, a JPEG must hold its end-of-image marker near the end.
     /// </summary>
-    private static void CheckComplete(string path, string? format)
+    private static void CheckComplete(string path, string? format, ReadOnlySpan<byte> file)
     {
         if (format is not ("PNG" or "JPEG")) return;
-        using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read);
-        int tailLength = (int)Math.Min(stream.Length, 4096);
-        var tail = new byte[tailLength];
-        stream.Seek(-tailLength, SeekOrigin.End);
-        stream.ReadExactly(tail);
+        var tail = file.Slice(Math.Max(0, file.Length - 4096));
         bool complete = format == "PNG"
-            ? tail.AsSpan().EndsWith(new byte[] { 0, 0, 0, 0, (byte)'I', (byte)'E', (byte)'N', (byte)'D', 0xAE, 0x42, 0x60, 0x82 })
-            : tail.AsSpan().IndexOf(new byte[] { 0xFF, 0xD9 }) >= 0;
+            ? tail.EndsWith(stackalloc byte[] { 0, 0, 0, 0, (byte)'I', (byte)'E', (byte)'N', (byte)'D', 0xAE, 0x42, 0x60, 0x82 })
+            : tail.IndexOf(stackalloc byte[] { 0xFF, 0xD9 }) >= 0;
         if (!complete)
             throw new ImageFileException(path, $"is a truncated {format} (its end-of-image {(format == "PNG" ? "IEND chunk" : "marker")} is missing)");
     }
