@@ -152,6 +152,19 @@ public sealed class WeightsTests : IDisposable
         Assert.Contains("past the end", e.Message);
     }
 
+    /// <summary>Found by the mutation test: a header key that is not UTF-8 made the JSON reader throw its own exception.</summary>
+    [Fact]
+    public void AHeaderThatIsNotUtf8IsRefused()
+    {
+        var header = Encoding.ASCII.GetBytes("{\"fc.b#as\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}");
+        header[Array.IndexOf(header, (byte)'#')] = 0xC3; // a UTF-8 lead byte without its continuation
+        var bytes = new byte[8 + header.Length + 4];
+        BinaryPrimitives.WriteUInt64LittleEndian(bytes, (ulong)header.Length);
+        header.CopyTo(bytes, 8);
+        var e = FailsAndKeepsWeights(Write("utf8.safetensors", bytes));
+        Assert.Contains("not valid UTF-8", e.Message);
+    }
+
     private string TorchZip(string name, byte[] pickle, params (string Name, byte[] Data)[] storages)
     {
         string path = PathOf(name);

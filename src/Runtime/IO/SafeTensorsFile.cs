@@ -37,6 +37,8 @@ internal sealed class SafeTensorsFile : TensorFile
 
         byte[] header = new byte[(int)headerLength];
         stream.ReadExactly(header);
+        if (!System.Text.Unicode.Utf8.IsValid(header))
+            throw Bad(null, "the .safetensors header is not valid UTF-8");
         JsonDocument doc;
         try
         {
