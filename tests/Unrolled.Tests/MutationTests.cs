@@ -64,6 +64,9 @@ public sealed class MutationTests(ITestOutputHelper output) : IDisposable
         var net = new Tiny18();
         net.LoadWeights(Reference.Fixture(name));
         var reference = net.GetTensor("layer3.1.conv2.weight");
+        var all = new System.Collections.Generic.List<float[]>();
+        foreach (string key in net.StateKeys) all.Add(net.GetTensor(key));
+        bool checksummed = name.EndsWith(".pth", StringComparison.Ordinal);
         string path = Path.Combine(_dir, "mutant" + Path.GetExtension(name));
         int loaded = 0, refused = 0;
         double slowest = 0;
@@ -75,6 +78,11 @@ public sealed class MutationTests(ITestOutputHelper output) : IDisposable
             {
                 net.LoadWeights(path);
                 loaded++;
+                // A torch.save zip records a CRC-32 per entry: whatever loads must be exactly the original tensors.
+                // (Its damaged copies that still load had only bytes outside the entries changed.)
+                if (checksummed)
+                    for (int k = 0; k < all.Count; k++)
+                        Assert.True(all[k].AsSpan().SequenceEqual(net.GetTensor(net.StateKeys[k])), $"mutant {i} of {name} loaded altered values for {net.StateKeys[k]}");
             }
             catch (WeightsFileException)
             {
@@ -91,6 +99,7 @@ public sealed class MutationTests(ITestOutputHelper output) : IDisposable
         }
         output.WriteLine($"{name}: {count} mutants, {loaded} loaded, {refused} refused with WeightsFileException, slowest {slowest * 1000:F0} ms");
         Assert.True(refused > count / 3);
+
         net.LoadWeights(Reference.Fixture(name));
         Assert.Equal(reference, net.GetTensor("layer3.1.conv2.weight"));
     }
