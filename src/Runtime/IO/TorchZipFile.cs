@@ -60,7 +60,7 @@ internal sealed class TorchZipFile : TensorFile
         if (pkl.Length > MaxHeaderBytes) throw Bad(null, $"data.pkl is {pkl.Length} bytes (at most {MaxHeaderBytes} accepted)");
 
         byte[] pickle = ReadEntry(pkl, (int)pkl.Length, null);
-        CheckCrc(pkl, Crc32.Append(0, pickle), null);
+        CheckCrc(pkl, System.IO.Hashing.Crc32.HashToUInt32(pickle), null);
         var unpickler = new StateDictUnpickler(pickle, FilePath);
         foreach (var (key, tref) in unpickler.ReadStateDict())
         {
@@ -117,7 +117,7 @@ internal sealed class TorchZipFile : TensorFile
             }
             ReadFully(s, MemoryMarshal.AsBytes(destination), tensor.Key);
             if (t.Offset == 0 && destination.Length * 4L == entry.Length)
-                CheckCrc(entry, Crc32.Append(0, MemoryMarshal.AsBytes(destination)), tensor.Key);
+                CheckCrc(entry, System.IO.Hashing.Crc32.HashToUInt32(MemoryMarshal.AsBytes(destination)), tensor.Key);
             if (!BitConverter.IsLittleEndian) SafeTensorsFile.ReverseEndianness(destination);
             return;
         }
@@ -126,7 +126,7 @@ internal sealed class TorchZipFile : TensorFile
         if (t.StorageNumel > int.MaxValue / 4) throw Bad(tensor.Key, "strided view of a storage over 2 GiB is not supported");
         var storage = new float[t.StorageNumel];
         using (var s = OpenEntry(entry, tensor.Key)) ReadFully(s, MemoryMarshal.AsBytes(storage.AsSpan()), tensor.Key);
-        CheckCrc(entry, Crc32.Append(0, MemoryMarshal.AsBytes(storage.AsSpan())), tensor.Key);
+        CheckCrc(entry, System.IO.Hashing.Crc32.HashToUInt32(MemoryMarshal.AsBytes(storage.AsSpan())), tensor.Key);
         if (!BitConverter.IsLittleEndian) SafeTensorsFile.ReverseEndianness(storage);
         int rank = t.Shape.Length;
         Span<long> index = stackalloc long[rank];
@@ -150,13 +150,13 @@ internal sealed class TorchZipFile : TensorFile
         var entry = _zip.GetEntry(_prefix + "data/" + t.StorageKey)!;
         Span<byte> b = stackalloc byte[8];
         using var s = OpenEntry(entry, tensor.Key);
-        uint crc = 0;
+        var crc = new System.IO.Hashing.Crc32();
         for (long i = 0; i <= t.Offset; i++)
         {
             ReadFully(s, b, tensor.Key);
-            crc = Crc32.Append(crc, b);
+            crc.Append(b);
         }
-        if (entry.Length == (t.Offset + 1) * 8) CheckCrc(entry, crc, tensor.Key);
+        if (entry.Length == (t.Offset + 1) * 8) CheckCrc(entry, crc.GetCurrentHashAsUInt32(), tensor.Key);
         return System.Buffers.Binary.BinaryPrimitives.ReadInt64LittleEndian(b);
     }
 
