@@ -229,28 +229,8 @@ internal static unsafe class Backward
         float* gIn = j.GIn + (long)plane * j.H * j.W;
         float* g = j.G + (long)plane * j.OH * j.OW;
         for (int oy = 0; oy < j.OH; oy++)
-        {
-            int y0 = Math.Max(oy * j.Stride - j.Pad, 0), y1 = Math.Min(oy * j.Stride - j.Pad + j.Kernel, j.H);
             for (int ox = 0; ox < j.OW; ox++)
-            {
-                int x0 = Math.Max(ox * j.Stride - j.Pad, 0), x1 = Math.Min(ox * j.Stride - j.Pad + j.Kernel, j.W);
-                float best = float.NegativeInfinity;
-                int arg = y0 * j.W + x0;
-                for (int iy = y0; iy < y1; iy++)
-                for (int ix = x0; ix < x1; ix++)
-                {
-                    float v = x[iy * j.W + ix];
-                    if (v > best || float.IsNaN(v))
-                    {
-                        best = v;
-                        arg = iy * j.W + ix;
-                        if (float.IsNaN(v)) goto found;
-                    }
-                }
-            found:
-                gIn[arg] += g[oy * j.OW + ox];
-            }
-        }
+                gIn[Kernels.WindowArgMax(x, j.H, j.W, oy, ox, j.Kernel, j.Stride, j.Pad)] += g[oy * j.OW + ox];
     }
 
     /// <summary>Global average pool backward: gIn[p, i] += g[p] / hw.</summary>

@@ -165,24 +165,34 @@ internal static unsafe class Kernels
         float* x = j.X + (long)plane * j.H * j.W;
         float* y = j.Y + (long)plane * j.OH * j.OW;
         for (int oy = 0; oy < j.OH; oy++)
-        {
-            int y0 = Math.Max(oy * j.Stride - j.Pad, 0), y1 = Math.Min(oy * j.Stride - j.Pad + j.Kernel, j.H);
             for (int ox = 0; ox < j.OW; ox++)
+                y[oy * j.OW + ox] = x[WindowArgMax(x, j.H, j.W, oy, ox, j.Kernel, j.Stride, j.Pad)];
+    }
+
+    /// <summary>
+    /// The index in a plane of the maximum of output (oy, ox)'s window, padding excluded: the first maximum in scan
+    /// order, or the first NaN (as PyTorch). Max-pool forward reads it; backward routes the gradient to it.
+    /// </summary>
+    internal static int WindowArgMax(float* plane, int h, int w, int oy, int ox, int kernel, int stride, int pad)
+    {
+        int y0 = Math.Max(oy * stride - pad, 0), y1 = Math.Min(oy * stride - pad + kernel, h);
+        int x0 = Math.Max(ox * stride - pad, 0), x1 = Math.Min(ox * stride - pad + kernel, w);
+        float best = float.NegativeInfinity;
+        int arg = y0 * w + x0;
+        for (int iy = y0; iy < y1; iy++)
+        {
+            for (int ix = x0; ix < x1; ix++)
             {
-                int x0 = Math.Max(ox * j.Stride - j.Pad, 0), x1 = Math.Min(ox * j.Stride - j.Pad + j.Kernel, j.W);
-                float best = float.NegativeInfinity;
-                for (int iy = y0; iy < y1; iy++)
+                float v = plane[iy * w + ix];
+                if (float.IsNaN(v)) return iy * w + ix;
+                if (v > best)
                 {
-                    float* row = x + iy * j.W;
-                    for (int ix = x0; ix < x1; ix++)
-                    {
-                        float v = row[ix];
-                        if (v > best || float.IsNaN(v)) best = v;
-                    }
+                    best = v;
+                    arg = iy * w + ix;
                 }
-                y[oy * j.OW + ox] = best;
             }
         }
+        return arg;
     }
 
     /// <summary>Adaptive average pooling to 1x1: y[p] = mean of plane p of x [planes, hw].</summary>

@@ -8,7 +8,7 @@ namespace Unrolled.Cpu;
 /// <summary>
 /// A persistent pool of worker threads (one per core, the caller being one of them) that runs
 /// <c>count</c> work items of a function pointer with a context pointer. Dispatch allocates nothing:
-/// the context lives on the caller's stack, which is safe because <see cref="Run"/> returns only when
+/// the context lives on the caller's stack, which is safe because <c>Run</c> returns only when
 /// every item has finished. Between jobs a worker spins for a short while (a network's layers follow each
 /// other within microseconds) and then sleeps until the next job wakes it.
 /// </summary>
@@ -24,6 +24,8 @@ internal sealed unsafe class WorkerPool
     private readonly Lock _gate = new();
     private delegate*<void*, int, void> _fn;
     private void* _context;
+    private delegate*<object, int, void> _objectFn;
+    private object? _state;
     private int _count;
     private int _next;
     private int _running;
@@ -43,16 +45,25 @@ internal sealed unsafe class WorkerPool
         }
     }
 
-    /// <summary>Threads that take part in a <see cref="Run"/>, the caller included.</summary>
+    /// <summary>Threads that take part in a <c>Run</c>, the caller included.</summary>
     public int Threads { get; }
 
     /// <summary>Runs <paramref name="fn"/>(context, i) for i in [0, count) on all threads; returns when all are done.</summary>
-    public void Run(delegate*<void*, int, void> fn, void* context, int count)
+    public void Run(delegate*<void*, int, void> fn, void* context, int count) => Run(fn, context, null, null, count);
+
+    /// <summary>Runs <paramref name="fn"/>(state, i) for i in [0, count) on all threads: for work items that need an object.</summary>
+    public void Run(delegate*<object, int, void> fn, object state, int count) => Run(null, null, fn, state, count);
+
+    private void Run(delegate*<void*, int, void> fn, void* context, delegate*<object, int, void> objectFn, object? state, int count)
     {
         if (count <= 0) return;
         if (count == 1 || _wake.Length == 0)
         {
-            for (int i = 0; i < count; i++) fn(context, i);
+            for (int i = 0; i < count; i++)
+            {
+                if (fn != null) fn(context, i);
+                else objectFn(state!, i);
+            }
             return;
         }
 
@@ -60,6 +71,8 @@ internal sealed unsafe class WorkerPool
         {
             _fn = fn;
             _context = context;
+            _objectFn = objectFn;
+            _state = state;
             _count = count;
             _next = 0;
             _error = null;
@@ -72,6 +85,8 @@ internal sealed unsafe class WorkerPool
             while (Volatile.Read(ref _running) != 0) spin.SpinOnce(-1);
             _fn = null;
             _context = null;
+            _objectFn = null;
+            _state = null;
             _error?.Throw();
         }
     }
@@ -81,7 +96,11 @@ internal sealed unsafe class WorkerPool
         try
         {
             int i;
-            while ((i = Interlocked.Increment(ref _next) - 1) < _count) _fn(_context, i);
+            while ((i = Interlocked.Increment(ref _next) - 1) < _count)
+            {
+                if (_fn != null) _fn(_context, i);
+                else _objectFn(_state!, i);
+            }
         }
         catch (Exception e)
         {

@@ -55,6 +55,9 @@ public sealed unsafe class NetworkState
         _gradientStore = new float[spec.ValueCount + Skew.Gradients];
         _counters = new long[spec.CounterCount];
         _byKey = new Dictionary<string, StateEntry>(spec.Entries.Length, StringComparer.Ordinal);
+        var keys = new string[spec.Entries.Length];
+        for (int i = 0; i < keys.Length; i++) keys[i] = spec.Entries[i].Key;
+        StateKeys = Array.AsReadOnly(keys);
         var parameters = new List<(int, int)>();
         foreach (var e in spec.Entries)
         {
@@ -103,15 +106,8 @@ public sealed unsafe class NetworkState
     /// <summary>Call after changing <see cref="Values"/> directly, so prepared weights are rebuilt.</summary>
     public void MarkWeightsChanged() => _weightsVersion++;
 
-    public IReadOnlyList<string> StateKeys
-    {
-        get
-        {
-            var keys = new string[_spec.Entries.Length];
-            for (int i = 0; i < keys.Length; i++) keys[i] = _spec.Entries[i].Key;
-            return keys;
-        }
-    }
+    /// <summary>Every state_dict key in torchvision's order.</summary>
+    public IReadOnlyList<string> StateKeys { get; }
 
     /// <summary>torchvision's initialisation, from a fixed seed so that two new networks are identical.</summary>
     private void Initialize(int seed)
@@ -365,19 +361,8 @@ public sealed unsafe class NetworkState
         }
 
         // One work item per conv and direction, on every core.
-        lock (s_prepareGate)
-        {
-            _prepareJob = new PrepareJob { Forward = packForward, Transposed = packTransposed, Raw = raw };
-            s_preparing = this;
-            try
-            {
-                WorkerPool.Shared.Run(&PrepareItem, null, 2 * _spec.Convs.Length);
-            }
-            finally
-            {
-                s_preparing = null;
-            }
-        }
+        _prepareJob = new PrepareJob { Forward = packForward, Transposed = packTransposed, Raw = raw };
+        WorkerPool.Shared.Run(&PrepareItem, this, 2 * _spec.Convs.Length);
         if (packForward) _prepared = key;
         if (packTransposed) _preparedTransposed = _weightsVersion;
     }
@@ -387,15 +372,13 @@ public sealed unsafe class NetworkState
         public bool Forward, Transposed, Raw;
     }
 
-    // The network being prepared (one at a time), and each thread's scratch for folding BatchNorm into weights.
-    private static readonly System.Threading.Lock s_prepareGate = new();
-    private static NetworkState? s_preparing;
+    // Each thread's scratch for folding BatchNorm into weights.
     [ThreadStatic] private static float[]? t_fold;
     private PrepareJob _prepareJob;
 
-    private static void PrepareItem(void* context, int item)
+    private static void PrepareItem(object state, int item)
     {
-        var self = s_preparing!;
+        var self = (NetworkState)state;
         int i = item >> 1;
         var c = self._spec.Convs[i];
         var weights = self._values.AsSpan((int)c.Weight, c.OutChannels * c.K);

@@ -45,30 +45,16 @@ public abstract class Optimizer
                 for (int at = 0; at < count; at += ChunkSize) chunks.Add((offset + at, Math.Min(ChunkSize, count - at)));
             _chunks = chunks.ToArray();
         }
-        lock (s_gate)
-        {
-            s_current = this;
-            try
-            {
-                Cpu.WorkerPool.Shared.Run(&UpdateChunk, null, _chunks.Length);
-            }
-            finally
-            {
-                s_current = null;
-            }
-        }
+        Cpu.WorkerPool.Shared.Run(&UpdateChunk, this, _chunks.Length);
         AfterStep();
         State.MarkWeightsChanged();
     }
 
     private const int ChunkSize = 1 << 18;
     private (int Offset, int Count)[]? _chunks;
-    private static readonly System.Threading.Lock s_gate = new();
-    private static Optimizer? s_current;
-
-    private static unsafe void UpdateChunk(void* context, int item)
+    private static void UpdateChunk(object state, int item)
     {
-        var self = s_current!;
+        var self = (Optimizer)state;
         var (offset, count) = self._chunks![item];
         self.Update(self.State.Values.Slice(offset, count), self.State.Gradients.Slice(offset, count), offset);
     }
