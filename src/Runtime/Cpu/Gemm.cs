@@ -71,6 +71,9 @@ internal static unsafe class Gemm
     private static void Tile512(int k, float* a, float* b, float* c, int ldc, int rows, int cols,
         float* bias, float* residual, bool relu)
     {
+        // The edge tile's scratch is fetched before the loop: no call (nor stackalloc) may come after the
+        // accumulators are live, or the AOT compiler spills all sixteen to memory on every k step.
+        float* acc = rows != MR || cols != NR ? EdgeTile() : null;
         Vector512<float> c00 = default, c01 = default, c10 = default, c11 = default;
         Vector512<float> c20 = default, c21 = default, c30 = default, c31 = default;
         Vector512<float> c40 = default, c41 = default, c50 = default, c51 = default;
@@ -112,8 +115,7 @@ internal static unsafe class Gemm
             return;
         }
 
-        // Edge tile: spill to the stack, then store the valid part.
-        float* acc = stackalloc float[MR * NR];
+        // Edge tile: spill to this thread's scratch tile, then store the valid part.
         c00.Store(acc + 0 * NR); c01.Store(acc + 0 * NR + 16);
         c10.Store(acc + 1 * NR); c11.Store(acc + 1 * NR + 16);
         c20.Store(acc + 2 * NR); c21.Store(acc + 2 * NR + 16);
@@ -123,6 +125,16 @@ internal static unsafe class Gemm
         c60.Store(acc + 6 * NR); c61.Store(acc + 6 * NR + 16);
         c70.Store(acc + 7 * NR); c71.Store(acc + 7 * NR + 16);
         Store(acc, c, ldc, rows, cols, bias, residual, relu);
+    }
+
+    [ThreadStatic] private static float[]? t_edgeTile;
+
+    /// <summary>This thread's MR x NR scratch tile (pinned, allocated once per thread).</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static float* EdgeTile()
+    {
+        t_edgeTile ??= GC.AllocateArray<float>(MR * NR, pinned: true);
+        return (float*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(t_edgeTile));
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

@@ -16,9 +16,11 @@ public sealed unsafe class NetworkState
 {
     private readonly NetworkSpec _spec;
     private readonly Dictionary<string, StateEntry> _byKey;
-    private float[] _values;
+    // Created on first use: a network whose first call is LoadWeights never pays for (or holds) its random initialisation.
+    private float[]? _values;
+    private readonly int _seed;
     private long[] _counters;
-    private readonly float[] _gradientStore;
+    private float[]? _gradientStore; // created on first use: inference never holds gradients
 
     // Weights as the kernels stream them, rebuilt when the weights, the BN statistics or the mode change.
     private readonly float[][] _packed;
@@ -51,8 +53,7 @@ public sealed unsafe class NetworkState
                 "Device.Cuda was requested, but this build of Unrolled has no CUDA backend yet; use Device.Cpu, or Device.Auto to take a GPU when one becomes supported."),
             _ => throw new ArgumentOutOfRangeException(nameof(device), device, "expected Device.Cpu, Device.Auto or Device.Cuda"),
         };
-        _values = new float[spec.ValueCount];
-        _gradientStore = new float[spec.ValueCount + Skew.Gradients];
+        _seed = seed;
         _counters = new long[spec.CounterCount];
         _byKey = new Dictionary<string, StateEntry>(spec.Entries.Length, StringComparer.Ordinal);
         var keys = new string[spec.Entries.Length];
@@ -65,7 +66,6 @@ public sealed unsafe class NetworkState
             if (e.IsParameter) parameters.Add(((int)e.Offset, (int)e.Count));
         }
         ParameterRanges = parameters.ToArray();
-        Initialize(seed);
 
         int convs = spec.Convs.Length;
         _packed = new float[convs][];
@@ -95,10 +95,10 @@ public sealed unsafe class NetworkState
     public (int Offset, int Count)[] ParameterRanges { get; }
 
     /// <summary>Every value, in the layout of the spec's entries (optimizers update it in place).</summary>
-    public Span<float> Values => _values;
+    public Span<float> Values => ValueArray;
 
     /// <summary>Every gradient, in the layout of the values (zero outside the parameters).</summary>
-    public Span<float> Gradients => _gradientStore.AsSpan(Skew.Gradients, (int)_spec.ValueCount);
+    public Span<float> Gradients => (_gradientStore ??= new float[_spec.ValueCount + Skew.Gradients]).AsSpan(Skew.Gradients, (int)_spec.ValueCount);
 
     /// <summary>The int64 counters (num_batches_tracked).</summary>
     public Span<long> Counters => _counters;
@@ -109,14 +109,18 @@ public sealed unsafe class NetworkState
     /// <summary>Every state_dict key in torchvision's order.</summary>
     public IReadOnlyList<string> StateKeys { get; }
 
+    /// <summary>The values, initialised (torchvision's rules, from the network's seed) on first use.</summary>
+    private float[] ValueArray => _values ??= Initialize(_seed);
+
     /// <summary>torchvision's initialisation, from a fixed seed so that two new networks are identical.</summary>
-    private void Initialize(int seed)
+    private float[] Initialize(int seed)
     {
+        var values = new float[_spec.ValueCount];
         var rng = new Random(seed);
         foreach (var e in _spec.Entries)
         {
             if (e.IsCounter) continue;
-            var span = _values.AsSpan((int)e.Offset, (int)e.Count);
+            var span = values.AsSpan((int)e.Offset, (int)e.Count);
             switch (e.Init)
             {
                 case Init.Ones: span.Fill(1f); break;
@@ -135,6 +139,7 @@ public sealed unsafe class NetworkState
                 }
             }
         }
+        return values;
     }
 
     private static double Gaussian(Random rng)
@@ -158,7 +163,7 @@ public sealed unsafe class NetworkState
     public float[] GetTensor(string key)
     {
         var e = Entry(key);
-        return e.IsCounter ? new[] { (float)_counters[e.Offset] } : _values.AsSpan((int)e.Offset, (int)e.Count).ToArray();
+        return e.IsCounter ? new[] { (float)_counters[e.Offset] } : ValueArray.AsSpan((int)e.Offset, (int)e.Count).ToArray();
     }
 
     /// <summary>A copy of a parameter's accumulated gradient (as <c>param.grad</c> after <c>loss.backward()</c>).</summary>
@@ -179,7 +184,7 @@ public sealed unsafe class NetworkState
         if (values.Length != e.Count)
             throw new ArgumentException($"'{key}' has shape [{string.Join(", ", e.Shape)}] ({e.Count} elements); {values.Length} were given.", nameof(values));
         if (e.IsCounter) _counters[e.Offset] = (long)values[0];
-        else values.CopyTo(_values.AsSpan((int)e.Offset, (int)e.Count));
+        else values.CopyTo(ValueArray.AsSpan((int)e.Offset, (int)e.Count));
         _weightsVersion++;
         _statisticsVersion++;
     }
@@ -276,7 +281,7 @@ public sealed unsafe class NetworkState
         {
             tensors.Add(e.IsCounter
                 ? (e.Key, e.Shape, ReadOnlyMemory<float>.Empty, _counters[e.Offset])
-                : (e.Key, e.Shape, new ReadOnlyMemory<float>(_values, (int)e.Offset, (int)e.Count), null));
+                : (e.Key, e.Shape, new ReadOnlyMemory<float>(ValueArray, (int)e.Offset, (int)e.Count), null));
         }
         return tensors;
     }
@@ -381,7 +386,7 @@ public sealed unsafe class NetworkState
         var self = (NetworkState)state;
         int i = item >> 1;
         var c = self._spec.Convs[i];
-        var weights = self._values.AsSpan((int)c.Weight, c.OutChannels * c.K);
+        var weights = self.ValueArray.AsSpan((int)c.Weight, c.OutChannels * c.K);
         if ((item & 1) == 0)
         {
             if (!self._prepareJob.Forward) return;
@@ -393,7 +398,7 @@ public sealed unsafe class NetworkState
             {
                 if (t_fold is null || t_fold.Length < c.OutChannels * c.K) t_fold = new float[c.OutChannels * c.K]; // once per thread
                 var folded = t_fold.AsSpan(0, c.OutChannels * c.K);
-                Kernels.FoldBatchNorm(weights, self._values.AsSpan((int)c.BatchNorm, 4 * c.OutChannels), c.OutChannels, c.K, folded, self._bias[i]);
+                Kernels.FoldBatchNorm(weights, self.ValueArray.AsSpan((int)c.BatchNorm, 4 * c.OutChannels), c.OutChannels, c.K, folded, self._bias[i]);
                 Gemm.PackA(folded, c.OutChannels, c.K, self._packed[i]);
             }
         }
@@ -438,7 +443,7 @@ public sealed unsafe class NetworkState
         if (batchStatistics && (long)batch * oh * ow <= 1)
             throw new ArgumentException($"{_spec.Name}: train-mode BatchNorm needs more than one value per channel (PyTorch's rule); a batch of {batch} at {oh}x{ow} has one. Use a larger batch or Eval().");
         Cpu.Conv.Forward(x, z, ReadOnlySpan<float>.Empty, _packed[index], ReadOnlySpan<float>.Empty, batch, cin, h, w, cout, oh, ow, kernel, stride, pad, relu: false);
-        Kernels.BatchNormForward(z, a, residual, _values.AsSpan((int)c.BatchNorm, 4 * cout), _bnMean[index], _bnInvStd[index],
+        Kernels.BatchNormForward(z, a, residual, ValueArray.AsSpan((int)c.BatchNorm, 4 * cout), _bnMean[index], _bnInvStd[index],
             batch, cout, oh * ow, relu, batchStatistics);
         if (batchStatistics)
         {
@@ -463,7 +468,7 @@ public sealed unsafe class NetworkState
         if (_packedGradient.Length < Padded(cout) * columns) _packedGradient = new float[Padded(cout) * columns];
         if (_columns.Length < columns * c.K) _columns = new float[columns * c.K];
         if (fold && _gradientRows.Length < cout * columns) _gradientRows = new float[cout * columns];
-        fixed (float* px = x, pz = z, pa = a, pg = g, pgr = gResidual, pgx = gx, pvalues = _values, pgrads = Gradients,
+        fixed (float* px = x, pz = z, pa = a, pg = g, pgr = gResidual, pgx = gx, pvalues = ValueArray, pgrads = Gradients,
                pmean = _bnMean[index], pinv = _bnInvStd[index], pwt = _packedTransposed![index], pcols = _columns, pgz = _packedGradient)
         {
             Cpu.Backward.BatchNorm(pz, pa, pg, gResidual.IsEmpty ? null : pgr, pvalues + c.BatchNorm, pmean, pinv,
@@ -503,11 +508,11 @@ public sealed unsafe class NetworkState
         Cpu.Backward.GlobalAveragePool(g, gx, batch * channels, hw);
 
     public void Linear(ReadOnlySpan<float> x, Span<float> y, int batch) =>
-        Kernels.Linear(x, y, _values.AsSpan((int)_spec.FcWeight, _spec.NumClasses * _spec.FcIn),
-            _values.AsSpan((int)_spec.FcBias, _spec.NumClasses), batch, _spec.FcIn, _spec.NumClasses);
+        Kernels.Linear(x, y, ValueArray.AsSpan((int)_spec.FcWeight, _spec.NumClasses * _spec.FcIn),
+            ValueArray.AsSpan((int)_spec.FcBias, _spec.NumClasses), batch, _spec.FcIn, _spec.NumClasses);
 
     public void LinearBackward(ReadOnlySpan<float> x, ReadOnlySpan<float> g, Span<float> gx, int batch) =>
-        Cpu.Backward.Linear(x, g, _values.AsSpan((int)_spec.FcWeight, _spec.NumClasses * _spec.FcIn),
+        Cpu.Backward.Linear(x, g, ValueArray.AsSpan((int)_spec.FcWeight, _spec.NumClasses * _spec.FcIn),
             Gradients.Slice((int)_spec.FcWeight, _spec.NumClasses * _spec.FcIn), Gradients.Slice((int)_spec.FcBias, _spec.NumClasses),
             gx, batch, _spec.FcIn, _spec.NumClasses);
 
