@@ -25,15 +25,13 @@ internal static class ConvLayers
             var x = new float[batch * cin * size * size];
             var y = new float[batch * cout * o * o];
             var w = new float[cout * cin * k * k];
-            var packed = new float[(cout + Gemm.MR - 1) / Gemm.MR * Gemm.MR * cin * k * k];
             var bias = new float[cout];
             for (int i = 0; i < x.Length; i++) x[i] = i % 7 * 0.1f;
             for (int i = 0; i < w.Length; i++) w[i] = i % 5 * 0.01f;
-            Gemm.PackA(w, cout, cin * k * k, packed);
-            for (int i = 0; i < 3; i++) Conv.Forward(x, y, default, packed, bias, batch, cin, size, size, cout, o, o, k, s, pad, true);
+            for (int i = 0; i < 3; i++) Conv.Forward(x, y, default, w, default, bias, batch, cin, size, size, cout, o, o, k, s, pad, true);
             int reps = Math.Max(3, (int)(2e9 / (2.0 * cout * o * o * cin * k * k * batch)));
             long start = Stopwatch.GetTimestamp();
-            for (int i = 0; i < reps; i++) Conv.Forward(x, y, default, packed, bias, batch, cin, size, size, cout, o, o, k, s, pad, true);
+            for (int i = 0; i < reps; i++) Conv.Forward(x, y, default, w, default, bias, batch, cin, size, size, cout, o, o, k, s, pad, true);
             double ms = Stopwatch.GetElapsedTime(start).TotalMilliseconds / reps;
             double flop = 2.0 * batch * cout * o * o * cin * k * k;
             total += ms * count;

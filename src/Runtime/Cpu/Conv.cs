@@ -17,7 +17,7 @@ internal static unsafe class Conv
 
     private struct Job
     {
-        public float* X, Y, Residual, A, Bias, Packed;
+        public float* X, Y, Residual, A, Scale, Bias, Packed;
         public int Cin, H, W, Cout, OH, OW, Kernel, Stride, Pad, K, N, Hw, Batch;
         public int ColumnPanels, RowChunks, PanelsPerChunk;
         public bool Relu;
@@ -29,12 +29,13 @@ internal static unsafe class Conv
     private static Gemm.Scratch s_folded;
 
     /// <summary>
-    /// y = relu?(conv(x, A) + bias + residual). <paramref name="packedA"/> comes from <see cref="Gemm.PackA"/> of
-    /// the [Cout x Cin*k*k] weights; <paramref name="bias"/> is [Cout] or empty; <paramref name="residual"/> is
-    /// shaped like y or empty.
+    /// y = relu?(conv(x, W) * scale + bias + residual), per output channel. <paramref name="weights"/> are the
+    /// [Cout x Cin*k*k] weights as they are stored (read in place, never copied); <paramref name="scale"/> and
+    /// <paramref name="bias"/> are [Cout] or empty (eval-mode BatchNorm is exactly such a scale and bias);
+    /// <paramref name="residual"/> is shaped like y or empty.
     /// </summary>
     public static void Forward(ReadOnlySpan<float> x, Span<float> y, ReadOnlySpan<float> residual,
-        ReadOnlySpan<float> packedA, ReadOnlySpan<float> bias,
+        ReadOnlySpan<float> weights, ReadOnlySpan<float> scale, ReadOnlySpan<float> bias,
         int batch, int cin, int h, int w, int cout, int oh, int ow, int kernel, int stride, int pad, bool relu)
     {
         int hw = oh * ow;
@@ -54,11 +55,11 @@ internal static unsafe class Conv
         {
             float* packed = s_packed.Get((long)columnPanels * k * Gemm.NR);
             float* folded = fold ? s_folded.Get((long)cout * n) : null;
-            fixed (float* px = x, py = y, pr = residual, pa = packedA, pb = bias)
+            fixed (float* px = x, py = y, pr = residual, pa = weights, ps = scale, pb = bias)
             {
                 var job = new Job
                 {
-                    A = pa, Bias = bias.IsEmpty ? null : pb, Packed = packed,
+                    A = pa, Scale = scale.IsEmpty ? null : ps, Bias = bias.IsEmpty ? null : pb, Packed = packed,
                     Cin = cin, H = h, W = w, Cout = cout, OH = oh, OW = ow, Kernel = kernel, Stride = stride, Pad = pad,
                     K = k, N = n, Hw = hw, Batch = fold ? batch : 1,
                     ColumnPanels = columnPanels, RowChunks = rowChunks, PanelsPerChunk = panelsPerChunk,
@@ -129,8 +130,8 @@ internal static unsafe class Conv
         {
             int m0 = rp * Gemm.MR;
             long at = (long)m0 * j.N + n0;
-            Gemm.Tile(j.K, j.A + (long)rp * Gemm.MR * j.K, b, j.Y + at, j.N, Math.Min(Gemm.MR, j.Cout - m0), cols,
-                j.Bias == null ? null : j.Bias + m0, j.Residual == null ? null : j.Residual + at, j.Relu);
+            Gemm.Tile(j.K, j.A + (long)m0 * j.K, Gemm.Layout.RowMajor(j.K), b, j.Y + at, j.N, Math.Min(Gemm.MR, j.Cout - m0), cols,
+                j.Scale == null ? null : j.Scale + m0, j.Bias == null ? null : j.Bias + m0, j.Residual == null ? null : j.Residual + at, j.Relu);
         }
     }
 

@@ -11,21 +11,18 @@ internal static unsafe class Kernels
     public const double BatchNormEpsilon = 1e-5;
     public const double BatchNormMomentum = 0.1;
 
-    /// <summary>Folds eval-mode BatchNorm into the preceding conv: W' = W * g / sqrt(v + eps), b' = beta - mean * g / sqrt(v + eps).</summary>
-    public static void FoldBatchNorm(ReadOnlySpan<float> weight, ReadOnlySpan<float> bn, int cout, int k,
-        Span<float> foldedWeight, Span<float> foldedBias)
+    /// <summary>
+    /// Eval-mode BatchNorm as y = x * scale + shift per channel, from <paramref name="bn"/> = [gamma, beta,
+    /// running_mean, running_var] (each [C]): scale = gamma / sqrt(var + eps), shift = beta - mean * scale.
+    /// </summary>
+    public static void BatchNormScaleShift(ReadOnlySpan<float> bn, Span<float> scale, Span<float> shift)
     {
-        var gamma = bn.Slice(0, cout);
-        var beta = bn.Slice(cout, cout);
-        var mean = bn.Slice(2 * cout, cout);
-        var variance = bn.Slice(3 * cout, cout);
-        for (int m = 0; m < cout; m++)
+        int c = scale.Length;
+        for (int m = 0; m < c; m++)
         {
-            double scale = gamma[m] / Math.Sqrt(variance[m] + BatchNormEpsilon);
-            foldedBias[m] = (float)(beta[m] - mean[m] * scale);
-            var src = weight.Slice(m * k, k);
-            var dst = foldedWeight.Slice(m * k, k);
-            for (int i = 0; i < k; i++) dst[i] = (float)(src[i] * scale);
+            double s = bn[m] / Math.Sqrt(bn[3 * c + m] + BatchNormEpsilon);
+            scale[m] = (float)s;
+            shift[m] = (float)(bn[c + m] - bn[2 * c + m] * s);
         }
     }
 

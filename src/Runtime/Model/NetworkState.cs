@@ -22,13 +22,15 @@ public sealed unsafe class NetworkState
     private long[] _counters;
     private float[]? _gradientStore; // created on first use: inference never holds gradients
 
-    // Weights as the kernels stream them, rebuilt when the weights, the BN statistics or the mode change.
-    private readonly float[][] _packed;
+    // The convolutions read their weights in place. Derived from them, rebuilt only when they change:
+    // per conv, eval-mode BatchNorm as the scale and bias the convolution's store applies,
+    private readonly float[][] _scale;
     private readonly float[][] _bias;
+    // and, for training, W^T packed for the data gradient.
     private float[][]? _packedTransposed;
     private long _weightsVersion;
     private long _statisticsVersion;
-    private (long Weights, long Statistics, bool Raw) _prepared = (-1, -1, false);
+    private (long Weights, long Statistics) _preparedScale = (-1, -1);
     private long _preparedTransposed = -1;
 
     // Per conv: the mean and 1/sqrt(var + eps) its BatchNorm used in the last training forward.
@@ -68,14 +70,14 @@ public sealed unsafe class NetworkState
         ParameterRanges = parameters.ToArray();
 
         int convs = spec.Convs.Length;
-        _packed = new float[convs][];
+        _scale = new float[convs][];
         _bias = new float[convs][];
         _bnMean = new float[convs][];
         _bnInvStd = new float[convs][];
         for (int i = 0; i < convs; i++)
         {
             var c = spec.Convs[i];
-            _packed[i] = new float[Padded(c.OutChannels) * c.K];
+            _scale[i] = new float[c.OutChannels];
             _bias[i] = new float[c.OutChannels];
             _bnMean[i] = new float[c.OutChannels];
             _bnInvStd[i] = new float[c.OutChannels];
@@ -353,59 +355,35 @@ public sealed unsafe class NetworkState
 
     private void Prepare(bool transposed = false)
     {
-        // Training packs raw weights (BatchNorm runs after the conv); eval folds BN, so it also depends on the statistics.
-        bool raw = IsTraining || transposed;
-        var key = (_weightsVersion, raw ? -1 : _statisticsVersion, raw);
-        bool packForward = _prepared != key;
-        bool packTransposed = transposed && _preparedTransposed != _weightsVersion;
-        if (!packForward && !packTransposed) return;
-        if (packTransposed && _packedTransposed is null)
+        // Eval mode: BatchNorm with its running statistics is a per-channel scale and bias (a few thousand values).
+        if (!IsTraining && !transposed && _preparedScale != (_weightsVersion, _statisticsVersion))
         {
-            _packedTransposed = new float[_spec.Convs.Length][];
-            for (int i = 0; i < _spec.Convs.Length; i++) _packedTransposed[i] = new float[Padded(_spec.Convs[i].K) * _spec.Convs[i].OutChannels];
+            for (int i = 0; i < _spec.Convs.Length; i++)
+            {
+                var c = _spec.Convs[i];
+                Kernels.BatchNormScaleShift(ValueArray.AsSpan((int)c.BatchNorm, 4 * c.OutChannels), _scale[i], _bias[i]);
+            }
+            _preparedScale = (_weightsVersion, _statisticsVersion);
         }
 
-        // One work item per conv and direction, on every core.
-        _prepareJob = new PrepareJob { Forward = packForward, Transposed = packTransposed, Raw = raw };
-        WorkerPool.Shared.Run(&PrepareItem, this, 2 * _spec.Convs.Length);
-        if (packForward) _prepared = key;
-        if (packTransposed) _preparedTransposed = _weightsVersion;
+        // Training: W^T packed for the data gradient once per weight change, one conv per work item on every core.
+        if (transposed && _preparedTransposed != _weightsVersion)
+        {
+            if (_packedTransposed is null)
+            {
+                _packedTransposed = new float[_spec.Convs.Length][];
+                for (int i = 0; i < _spec.Convs.Length; i++) _packedTransposed[i] = new float[Padded(_spec.Convs[i].K) * _spec.Convs[i].OutChannels];
+            }
+            WorkerPool.Shared.Run(&PackTransposed, this, _spec.Convs.Length);
+            _preparedTransposed = _weightsVersion;
+        }
     }
 
-    private struct PrepareJob
-    {
-        public bool Forward, Transposed, Raw;
-    }
-
-    // Each thread's scratch for folding BatchNorm into weights.
-    [ThreadStatic] private static float[]? t_fold;
-    private PrepareJob _prepareJob;
-
-    private static void PrepareItem(object state, int item)
+    private static void PackTransposed(object state, int i)
     {
         var self = (NetworkState)state;
-        int i = item >> 1;
         var c = self._spec.Convs[i];
-        var weights = self.ValueArray.AsSpan((int)c.Weight, c.OutChannels * c.K);
-        if ((item & 1) == 0)
-        {
-            if (!self._prepareJob.Forward) return;
-            if (self._prepareJob.Raw)
-            {
-                Gemm.PackA(weights, c.OutChannels, c.K, self._packed[i]);
-            }
-            else
-            {
-                if (t_fold is null || t_fold.Length < c.OutChannels * c.K) t_fold = new float[c.OutChannels * c.K]; // once per thread
-                var folded = t_fold.AsSpan(0, c.OutChannels * c.K);
-                Kernels.FoldBatchNorm(weights, self.ValueArray.AsSpan((int)c.BatchNorm, 4 * c.OutChannels), c.OutChannels, c.K, folded, self._bias[i]);
-                Gemm.PackA(folded, c.OutChannels, c.K, self._packed[i]);
-            }
-        }
-        else if (self._prepareJob.Transposed)
-        {
-            Gemm.PackATransposed(weights, c.OutChannels, c.K, self._packedTransposed![i]);
-        }
+        Gemm.PackATransposed(self.Weights(c), c.OutChannels, c.K, self._packedTransposed![i]);
     }
 
     // ---------------------------------------------------------------- the kernels the generated code calls
@@ -418,14 +396,16 @@ public sealed unsafe class NetworkState
         return c;
     }
 
-    /// <summary>Conv + BatchNorm (+ residual) (+ ReLU): eval mode folds BN into the weights; train mode normalizes with batch statistics.</summary>
+    private ReadOnlySpan<float> Weights(ConvSpec c) => ValueArray.AsSpan((int)c.Weight, c.OutChannels * c.K);
+
+    /// <summary>Conv + BatchNorm (+ residual) (+ ReLU): eval mode applies BN as a per-channel scale and bias in the conv's store; train mode normalizes with batch statistics.</summary>
     public void Conv(int index, ReadOnlySpan<float> x, Span<float> y, ReadOnlySpan<float> residual,
         int batch, int cin, int h, int w, int cout, int oh, int ow, int kernel, int stride, int pad, bool relu)
     {
         var c = CheckConv(index, cin, cout, kernel);
         if (!IsTraining)
         {
-            Cpu.Conv.Forward(x, y, residual, _packed[index], _bias[index], batch, cin, h, w, cout, oh, ow, kernel, stride, pad, relu);
+            Cpu.Conv.Forward(x, y, residual, Weights(c), _scale[index], _bias[index], batch, cin, h, w, cout, oh, ow, kernel, stride, pad, relu);
             return;
         }
         ConvTrain(index, x, y, y, residual, batch, cin, h, w, cout, oh, ow, kernel, stride, pad, relu);
@@ -442,7 +422,7 @@ public sealed unsafe class NetworkState
         bool batchStatistics = IsTraining;
         if (batchStatistics && (long)batch * oh * ow <= 1)
             throw new ArgumentException($"{_spec.Name}: train-mode BatchNorm needs more than one value per channel (PyTorch's rule); a batch of {batch} at {oh}x{ow} has one. Use a larger batch or Eval().");
-        Cpu.Conv.Forward(x, z, ReadOnlySpan<float>.Empty, _packed[index], ReadOnlySpan<float>.Empty, batch, cin, h, w, cout, oh, ow, kernel, stride, pad, relu: false);
+        Cpu.Conv.Forward(x, z, ReadOnlySpan<float>.Empty, Weights(c), ReadOnlySpan<float>.Empty, ReadOnlySpan<float>.Empty, batch, cin, h, w, cout, oh, ow, kernel, stride, pad, relu: false);
         Kernels.BatchNormForward(z, a, residual, ValueArray.AsSpan((int)c.BatchNorm, 4 * cout), _bnMean[index], _bnInvStd[index],
             batch, cout, oh * ow, relu, batchStatistics);
         if (batchStatistics)

@@ -43,25 +43,26 @@ public class KernelTests
         var weight = Naive.RandomFloats(rng, cout * cin * k * k, 1.0 / Math.Sqrt(cin * k * k));
         var bias = Naive.RandomFloats(rng, cout);
         var expected = Naive.Conv(Naive.ToDouble(x), Naive.ToDouble(weight), batch, cin, h, w, cout, k, stride, pad, out int oh, out int ow);
+        var scale = Naive.RandomFloats(rng, cout);
         var residual = Naive.RandomFloats(rng, expected.Length);
-        var packed = new float[(cout + Gemm.MR - 1) / Gemm.MR * Gemm.MR * cin * k * k];
-        Gemm.PackA(weight, cout, cin * k * k, packed);
 
-        foreach (var (useBias, useResidual, relu) in new[] { (false, false, false), (true, false, true), (true, true, true), (false, true, false) })
+        foreach (var (useScale, useBias, useResidual, relu) in new[]
+                 { (false, false, false, false), (true, true, false, true), (false, true, true, true), (true, false, true, false) })
         {
             var y = new float[expected.Length];
             y.AsSpan().Fill(float.NaN); // every element must be written
-            Conv.Forward(x, y, useResidual ? residual : default, packed, useBias ? bias : default,
+            Conv.Forward(x, y, useResidual ? residual : default, weight, useScale ? scale : default, useBias ? bias : default,
                 batch, cin, h, w, cout, oh, ow, k, stride, pad, relu);
             var want = (double[])expected.Clone();
             int hw = oh * ow;
             for (int i = 0; i < want.Length; i++)
             {
+                if (useScale) want[i] *= scale[i / hw % cout];
                 if (useBias) want[i] += bias[i / hw % cout];
                 if (useResidual) want[i] += residual[i];
                 if (relu) want[i] = Math.Max(0, want[i]);
             }
-            AssertClose(want, y, 1e-5, $"conv bias={useBias} residual={useResidual} relu={relu}");
+            AssertClose(want, y, 1e-5, $"conv scale={useScale} bias={useBias} residual={useResidual} relu={relu}");
         }
     }
 
