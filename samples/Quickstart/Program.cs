@@ -11,7 +11,7 @@ try
     Trainer.Run(options, Console.Out);
     return 0;
 }
-catch (Exception e) when (e is ArgumentException or InvalidDataException or DirectoryNotFoundException or Unrolled.Vision.ImageFileException or Unrolled.WeightsFileException)
+catch (Exception e) when (e is ArgumentException or InvalidDataException or DirectoryNotFoundException or Unrolled.Vision.ImageFileException or Unrolled.WeightsFileException or Unrolled.NonFiniteException)
 {
     Console.Error.WriteLine("error: " + e.Message);
     return 2;

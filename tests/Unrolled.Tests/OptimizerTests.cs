@@ -249,6 +249,77 @@ public sealed class TrainingStepTests(ITestOutputHelper output) : IDisposable
         Assert.All(net.GetGradient("layer2.0.conv1.weight"), g => Assert.Equal(0f, g));
     }
 
+    private static float[][] Snapshot(IResNet net) => net.StateKeys.Select(net.GetTensor).ToArray();
+
+    [Fact]
+    public void ANaNBatchStopsTheRunNamingTheStepAndChangesNothing()
+    {
+        var net = new ZeroInit18();
+        net.Train();
+        var sgd = new Sgd(net, 0.05f, momentum: 0.9f);
+        TrainSteps(net, sgd, new LearningRateScheduler(sgd, Schedules.Constant()), 0, 2);
+        var before = Snapshot(net);
+
+        var (x, y) = Batch(7);
+        x[123] = float.NaN;
+        var logits = new float[12];
+        sgd.ZeroGrad();
+        float loss = net.ForwardBackward(x, y, logits);
+        Assert.True(float.IsNaN(loss));
+        var e = Assert.Throws<NonFiniteException>(() => sgd.Step());
+
+        Assert.Equal(3, e.Step);
+        Assert.Equal("conv1.weight", e.Key); // the first parameter, in state_dict order
+        Assert.Contains("training step 3", e.Message);
+        Assert.Contains("NonFinitePolicy.SkipBatch", e.Message);
+        Assert.Equal(2, sgd.Steps);
+        var after = Snapshot(net);
+        for (int i = 0; i < before.Length; i++) Assert.Equal(before[i], after[i]); // weights, running statistics, counters
+    }
+
+    [Fact]
+    public void SkippingABadBatchTrainsExactlyAsIfItHadNeverComeAndNamesTheParameter()
+    {
+        var skipping = new ZeroInit18();
+        var clean = new ZeroInit18();
+        var sgdA = new Sgd(skipping, 0.05f, momentum: 0.9f, weightDecay: 1e-4f) { OnNonFinite = NonFinitePolicy.SkipBatch };
+        var sgdB = new Sgd(clean, 0.05f, momentum: 0.9f, weightDecay: 1e-4f);
+        skipping.Train();
+        clean.Train();
+        var logits = new float[12];
+        for (int s = 0; s < 4; s++)
+        {
+            if (s == 2)
+            {
+                // An infinite input: the loss is not finite; the batch is skipped.
+                var (bad, labels) = Batch(99);
+                bad[5] = float.PositiveInfinity;
+                sgdA.ZeroGrad();
+                skipping.ForwardBackward(bad, labels, logits);
+                Assert.False(sgdA.Step());
+            }
+            var (x, y) = Batch(s);
+            sgdA.ZeroGrad();
+            skipping.ForwardBackward(x, y, logits);
+            Assert.True(sgdA.Step());
+            sgdB.ZeroGrad();
+            clean.ForwardBackward(x, y, logits);
+            sgdB.Step();
+        }
+        Assert.Equal(1, sgdA.SkippedSteps);
+        Assert.Equal(sgdB.Steps, sgdA.Steps);
+        var a = Snapshot(skipping);
+        var b = Snapshot(clean);
+        for (int i = 0; i < a.Length; i++) Assert.Equal(b[i], a[i]);
+
+        // A finite loss with one bad gradient (as an overflow in backward would leave): the parameter is named.
+        var sgdC = new Sgd(clean, 0.05f);
+        ((IResNet)clean).State.Gradients[(int)((IResNet)clean).State.Entry("layer3.1.conv2.weight").Offset + 17] = float.NegativeInfinity;
+        var e = Assert.Throws<NonFiniteException>(() => sgdC.Step());
+        Assert.Equal("layer3.1.conv2.weight", e.Key);
+        Assert.Contains("is infinite", e.Message);
+    }
+
     [Fact]
     public void LossFallsOnASmallSyntheticProblem()
     {

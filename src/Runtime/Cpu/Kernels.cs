@@ -11,6 +11,23 @@ internal static unsafe class Kernels
     public const double BatchNormEpsilon = 1e-5;
     public const double BatchNormMomentum = 0.1;
 
+    /// <summary>True when no value is NaN or infinite (x - x is 0 exactly for finite x, NaN otherwise).</summary>
+    public static bool AllFinite(ReadOnlySpan<float> values)
+    {
+        int i = 0;
+        if (Vector.IsHardwareAccelerated)
+        {
+            var acc = Vector<float>.Zero;
+            var v = MemoryMarshal.Cast<float, Vector<float>>(values);
+            foreach (var x in v) acc += x - x;
+            if (!Vector.EqualsAll(acc, Vector<float>.Zero)) return false;
+            i = v.Length * Vector<float>.Count;
+        }
+        for (; i < values.Length; i++)
+            if (!float.IsFinite(values[i])) return false;
+        return true;
+    }
+
     /// <summary>
     /// Eval-mode BatchNorm as y = x * scale + shift per channel, from <paramref name="bn"/> = [gamma, beta,
     /// running_mean, running_var] (each [C]): scale = gamma / sqrt(var + eps), shift = beta - mean * scale.

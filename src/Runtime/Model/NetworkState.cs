@@ -348,6 +348,7 @@ public sealed unsafe class NetworkState
         Ensure(ref _gradientArena, grads, "activation gradients", _spec.Name, batch);
         Ensure(ref _columns, _spec.MaxColumns, "im2col scratch", _spec.Name, batch);
         _batchStatistics = IsTraining;
+        if (_batchStatistics) BackUpStatistics();
         Prepare(transposed: true);
         gradients = _gradientArena.AsSpan(0, (int)grads);
         return _trainArena.AsSpan(0, (int)saved);
@@ -496,7 +497,61 @@ public sealed unsafe class NetworkState
             Gradients.Slice((int)_spec.FcWeight, _spec.NumClasses * _spec.FcIn), Gradients.Slice((int)_spec.FcBias, _spec.NumClasses),
             gx, batch, _spec.FcIn, _spec.NumClasses);
 
-    /// <summary>Mean cross-entropy (as nn.CrossEntropyLoss) and dL/dlogits.</summary>
-    public float CrossEntropy(ReadOnlySpan<float> logits, ReadOnlySpan<int> labels, Span<float> gLogits, int batch) =>
-        Cpu.Backward.CrossEntropy(logits, labels, gLogits, batch, _spec.NumClasses);
+    /// <summary>
+    /// Mean cross-entropy (as nn.CrossEntropyLoss) and dL/dlogits. A loss that is NaN or infinite puts the BatchNorm
+    /// running statistics back as they were before this batch (the optimizer then refuses the step: see
+    /// <see cref="Optimizer.OnNonFinite"/>), so a bad batch cannot corrupt them.
+    /// </summary>
+    public float CrossEntropy(ReadOnlySpan<float> logits, ReadOnlySpan<int> labels, Span<float> gLogits, int batch)
+    {
+        float loss = Cpu.Backward.CrossEntropy(logits, labels, gLogits, batch, _spec.NumClasses);
+        LastLoss = loss;
+        if (!float.IsFinite(loss) && _batchStatistics) RestoreStatistics();
+        return loss;
+    }
+
+    /// <summary>The loss of the last <c>ForwardBackward</c>.</summary>
+    public float LastLoss { get; private set; } = float.NaN;
+
+    // The running statistics and counters before the current training batch (a few thousand values for ResNet-50).
+    private float[] _statisticsBackup = Array.Empty<float>();
+    private long[] _countersBackup = Array.Empty<long>();
+
+    private void BackUpStatistics()
+    {
+        if (_statisticsBackup.Length == 0)
+        {
+            int n = 0;
+            foreach (var c in _spec.Convs) n += 2 * c.OutChannels;
+            _statisticsBackup = new float[n];
+            _countersBackup = new long[_counters.Length];
+        }
+        int at = 0;
+        foreach (var c in _spec.Convs)
+        {
+            ValueArray.AsSpan((int)c.BatchNorm + 2 * c.OutChannels, 2 * c.OutChannels).CopyTo(_statisticsBackup.AsSpan(at));
+            at += 2 * c.OutChannels;
+        }
+        _counters.CopyTo(_countersBackup, 0);
+    }
+
+    private void RestoreStatistics()
+    {
+        int at = 0;
+        foreach (var c in _spec.Convs)
+        {
+            _statisticsBackup.AsSpan(at, 2 * c.OutChannels).CopyTo(ValueArray.AsSpan((int)c.BatchNorm + 2 * c.OutChannels));
+            at += 2 * c.OutChannels;
+        }
+        _countersBackup.CopyTo(_counters, 0);
+        _statisticsVersion++;
+    }
+
+    /// <summary>The state_dict key of the parameter that holds value <paramref name="offset"/>.</summary>
+    internal string KeyAt(int offset)
+    {
+        foreach (var e in _spec.Entries)
+            if (!e.IsCounter && offset >= e.Offset && offset < e.Offset + e.Count) return e.Key;
+        return "?";
+    }
 }

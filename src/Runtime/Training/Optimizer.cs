@@ -1,5 +1,6 @@
 using System;
 using System.Collections.Generic;
+using System.Threading;
 using Unrolled.Runtime;
 
 namespace Unrolled;
@@ -30,13 +31,24 @@ public abstract class Optimizer
     /// <summary>The learning rate the optimizer was made with (torch's <c>initial_lr</c>).</summary>
     public float InitialLearningRate { get; }
 
-    /// <summary>Steps taken so far.</summary>
+    /// <summary>Steps taken so far (skipped ones not counted).</summary>
     public long Steps { get; private protected set; }
 
-    /// <summary>Applies one update from the accumulated gradients.</summary>
-    public unsafe void Step()
+    /// <summary>What <see cref="Step"/> does when a gradient is NaN or infinite: throw (the default) or skip the batch.</summary>
+    public NonFinitePolicy OnNonFinite { get; set; } = NonFinitePolicy.Throw;
+
+    /// <summary>Batches skipped under <see cref="NonFinitePolicy.SkipBatch"/>.</summary>
+    public long SkippedSteps { get; private set; }
+
+    /// <summary>
+    /// Applies one update from the accumulated gradients. Every gradient is checked first: if one is NaN or
+    /// infinite nothing is changed (weights, optimizer buffers, step count; the network already put its BatchNorm
+    /// statistics back if the loss was not finite) and, as <see cref="OnNonFinite"/> says, a
+    /// <see cref="NonFiniteException"/> naming the step and the parameter is thrown, or false is returned.
+    /// </summary>
+    /// <returns>True when the update was applied.</returns>
+    public unsafe bool Step()
     {
-        Steps++;
         // Every parameter, in chunks of at most ChunkSize elements, on every core (the updates are element-wise).
         if (_chunks is null)
         {
@@ -45,13 +57,44 @@ public abstract class Optimizer
                 for (int at = 0; at < count; at += ChunkSize) chunks.Add((offset + at, Math.Min(ChunkSize, count - at)));
             _chunks = chunks.ToArray();
         }
+
+        _firstBadChunk = int.MaxValue;
+        Cpu.WorkerPool.Shared.Run(&CheckChunk, this, _chunks.Length);
+        if (_firstBadChunk != int.MaxValue)
+        {
+            var (offset, count) = _chunks[_firstBadChunk];
+            var g = State.Gradients.Slice(offset, count);
+            int bad = 0;
+            while (bad < g.Length && float.IsFinite(g[bad])) bad++;
+            string key = State.KeyAt(offset + bad);
+            if (OnNonFinite == NonFinitePolicy.SkipBatch)
+            {
+                SkippedSteps++;
+                return false;
+            }
+            throw new NonFiniteException(Steps + 1, key, float.IsNaN(g[bad]) ? "NaN" : "infinite", State.LastLoss);
+        }
+
+        Steps++;
         Cpu.WorkerPool.Shared.Run(&UpdateChunk, this, _chunks.Length);
         AfterStep();
         State.MarkWeightsChanged();
+        return true;
     }
 
     private const int ChunkSize = 1 << 18;
     private (int Offset, int Count)[]? _chunks;
+    private int _firstBadChunk;
+
+    private static void CheckChunk(object state, int item)
+    {
+        var self = (Optimizer)state;
+        var (offset, count) = self._chunks![item];
+        if (Cpu.Kernels.AllFinite(self.State.Gradients.Slice(offset, count))) return;
+        int seen;
+        while (item < (seen = Volatile.Read(ref self._firstBadChunk)))
+            if (Interlocked.CompareExchange(ref self._firstBadChunk, item, seen) == seen) break;
+    }
     private static void UpdateChunk(object state, int item)
     {
         var self = (Optimizer)state;
@@ -83,6 +126,38 @@ public abstract class Optimizer
         Steps = steps;
         LearningRate = learningRate;
     }
+}
+
+/// <summary>What an optimizer does with a gradient that is NaN or infinite.</summary>
+public enum NonFinitePolicy
+{
+    /// <summary>Stop: throw a <see cref="NonFiniteException"/> that names the step and the parameter.</summary>
+    Throw,
+    /// <summary>Skip the batch: change nothing and return false from <see cref="Optimizer.Step"/> (as GradScaler skips a step).</summary>
+    SkipBatch,
+}
+
+/// <summary>A training step met a NaN or infinite gradient; nothing was updated.</summary>
+public sealed class NonFiniteException : ArithmeticException
+{
+    public NonFiniteException(long step, string key, string what, float loss)
+        : base($"training step {step}: the gradient of '{key}' is {what} (the batch's loss was {loss}); the step was not applied, " +
+               "so the weights, the optimizer's buffers and the BatchNorm statistics are as they were before this batch. " +
+               "Lower the learning rate or check the inputs, or set OnNonFinite = NonFinitePolicy.SkipBatch to skip such batches.")
+    {
+        Step = step;
+        Key = key;
+        Loss = loss;
+    }
+
+    /// <summary>The step that was refused (1-based, as <see cref="Optimizer.Steps"/> would have become).</summary>
+    public long Step { get; }
+
+    /// <summary>The first parameter (state_dict key) with a non-finite gradient.</summary>
+    public string Key { get; }
+
+    /// <summary>The loss of the batch.</summary>
+    public float Loss { get; }
 }
 
 /// <summary>
