@@ -19,6 +19,7 @@ internal static class AtomicFile
                 stream.Flush(flushToDisk: true);
             }
             File.Move(temp, full, overwrite: true);
+            RemoveStale(dir, Path.GetFileName(full));
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
@@ -30,6 +31,33 @@ internal static class AtomicFile
             TryDelete(temp);
             throw;
         }
+    }
+
+    /// <summary>Deletes temporary files of earlier writes to the same name whose process is gone (killed mid-write).</summary>
+    private static void RemoveStale(string dir, string name)
+    {
+        string prefix = "." + name + ".";
+        try
+        {
+            foreach (string file in Directory.EnumerateFiles(dir, prefix + "*.tmp"))
+            {
+                var parts = Path.GetFileName(file)[prefix.Length..].Split('.');
+                if (parts.Length == 3 && int.TryParse(parts[0], out int pid) && pid != Environment.ProcessId && !IsRunning(pid))
+                    TryDelete(file);
+            }
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }
+    }
+
+    private static bool IsRunning(int pid)
+    {
+        try
+        {
+            using var process = System.Diagnostics.Process.GetProcessById(pid);
+            return !process.HasExited;
+        }
+        catch (ArgumentException) { return false; }
+        catch (InvalidOperationException) { return false; }
     }
 
     private static void TryDelete(string path)

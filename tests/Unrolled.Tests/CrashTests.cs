@@ -1,0 +1,108 @@
+using System;
+using System.Diagnostics;
+using System.IO;
+using System.Linq;
+using Unrolled.KillTarget;
+using Xunit.Abstractions;
+
+namespace Unrolled.Tests;
+
+/// <summary>
+/// A training process killed with SIGKILL at random moments, many times (also while it writes its checkpoint),
+/// always leaves a loadable last checkpoint, and resuming from it ends bit for bit where an uninterrupted run ends.
+/// </summary>
+[Collection(nameof(ShippingTests))]
+public sealed class CrashTests(ITestOutputHelper output) : IDisposable
+{
+    private readonly string _dir = Directory.CreateTempSubdirectory("unrolled-kill-").FullName;
+
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    private const int Steps = 40;
+
+    private static string TargetDll()
+    {
+        // tests/Unrolled.Tests/bin/<Configuration>/net10.0/ -> tests/Unrolled.KillTarget/bin/<Configuration>/net10.0/
+        var here = new DirectoryInfo(AppContext.BaseDirectory.TrimEnd(Path.DirectorySeparatorChar));
+        string configuration = here.Parent!.Name, framework = here.Name;
+        string dll = Path.Combine(here.Parent.Parent!.Parent!.Parent!.FullName, "Unrolled.KillTarget", "bin", configuration, framework, "Unrolled.KillTarget.dll");
+        Assert.True(File.Exists(dll), $"{dll} not built");
+        return dll;
+    }
+
+    private static Process Start(string dir)
+    {
+        var start = new ProcessStartInfo("dotnet", $"\"{TargetDll()}\" \"{dir}\" {Steps}")
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+        };
+        return Process.Start(start)!;
+    }
+
+    private static float[][] Weights(string checkpoint)
+    {
+        var (net, sgd, schedule) = Run.Make(Steps);
+        var info = Checkpoint.Load(checkpoint, net, sgd, schedule);
+        Assert.Equal(Steps, info.Step);
+        return net.StateKeys.Select(net.GetTensor).ToArray();
+    }
+
+    [Fact]
+    public void KilledAtRandomMomentsTheLastCheckpointAlwaysLoadsAndResumingIsBitIdentical()
+    {
+        // The uninterrupted run.
+        string cleanDir = Directory.CreateDirectory(Path.Combine(_dir, "clean")).FullName;
+        using (var clean = Start(cleanDir))
+        {
+            string log = clean.StandardOutput.ReadToEnd();
+            Assert.True(clean.WaitForExit(120_000), "the uninterrupted run did not finish");
+            Assert.True(clean.ExitCode == 0, log + clean.StandardError.ReadToEnd());
+        }
+        var expected = Weights(Path.Combine(cleanDir, "last.safetensors"));
+
+        // The same run, killed again and again.
+        string dir = Directory.CreateDirectory(Path.Combine(_dir, "killed")).FullName;
+        string checkpoint = Path.Combine(dir, "last.safetensors");
+        var rng = new Random(20261128);
+        int kills = 0, midWrite = 0, runs = 0;
+        long lastStep = -1;
+        while (true)
+        {
+            runs++;
+            Assert.True(runs < 60, "the run never finished");
+            using var process = Start(dir);
+            bool finished = process.WaitForExit(rng.Next(150, 700));
+            if (!finished)
+            {
+                process.Kill(); // SIGKILL
+                process.WaitForExit();
+                kills++;
+            }
+            else
+            {
+                Assert.True(process.ExitCode == 0, process.StandardError.ReadToEnd());
+                if (kills >= 10) break;
+                // Finished before the kill: start over from scratch to kill it more often.
+                foreach (string f in Directory.GetFiles(dir)) File.Delete(f);
+                lastStep = -1;
+                continue;
+            }
+
+            if (Directory.GetFiles(dir, "*.tmp").Length > 0) midWrite++;
+            if (!File.Exists(checkpoint)) continue; // killed before the first save
+            // Whatever the moment of the kill, the last checkpoint loads completely and never goes backwards.
+            var (net, sgd, schedule) = Run.Make(Steps);
+            long step = Checkpoint.Load(checkpoint, net, sgd, schedule).Step;
+            Assert.True(step >= lastStep, $"checkpoint went back from step {lastStep} to {step}");
+            lastStep = step;
+        }
+
+        output.WriteLine($"{kills} kills in {runs} runs; {midWrite} left a partly written temporary file behind");
+        Assert.True(kills >= 10);
+        var actual = Weights(checkpoint);
+        for (int i = 0; i < expected.Length; i++) Assert.Equal(expected[i], actual[i]); // bit for bit
+        Assert.Equal(new[] { "last.safetensors" }, Directory.GetFiles(dir).Select(Path.GetFileName)); // stale temporaries removed
+    }
+}
