@@ -117,6 +117,35 @@ public class VisionTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void AnimatedImagesDecodeTheirFirstFrameOnly()
+    {
+        // 200 frames of 300x300: decoding every frame would take 200 frames of pixel memory.
+        string dir = Directory.CreateTempSubdirectory("unrolled-frames-").FullName;
+        try
+        {
+            string gif = Path.Combine(dir, "many.gif");
+            using (var image = new Image<Rgb24>(300, 300, new Rgb24(200, 10, 10)))
+            {
+                for (int i = 1; i < 200; i++)
+                {
+                    using var frame = new Image<Rgb24>(300, 300, new Rgb24(10, (byte)i, 10));
+                    image.Frames.AddFrame(frame.Frames.RootFrame);
+                }
+                image.SaveAsGif(gif);
+            }
+            using var loaded = Transforms.Load(gif);
+            Assert.Equal(1, loaded.Frames.Count);
+            Assert.Equal((300, 300), (loaded.Width, loaded.Height));
+            var first = loaded[150, 150];
+            Assert.True(first.R > 150 && first.G < 60, $"first frame expected, got {first}");
+        }
+        finally
+        {
+            Directory.Delete(dir, true);
+        }
+    }
+
+    [Fact]
     public void RandomResizedCropSamplesTorchvisionsRanges()
     {
         var crop = new RandomResizedCrop(224);

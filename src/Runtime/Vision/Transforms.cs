@@ -23,6 +23,20 @@ public static class Transforms
     /// <summary>Largest image accepted by <see cref="Load"/>, in pixels (width x height), checked before any pixel memory is taken.</summary>
     public const long DefaultMaxPixels = 64L * 1024 * 1024;
 
+    // Multi-frame formats (GIF, TIFF) decode their first frame only, as PIL's Image.open does: a file of thousands
+    // of frames cannot take thousands of frames' memory.
+    private static readonly Configuration s_firstFrameOnly = FirstFrameOnly();
+
+    private static Configuration FirstFrameOnly()
+    {
+        var configuration = Configuration.Default.Clone();
+        configuration.ImageFormatsManager.SetDecoder(SixLabors.ImageSharp.Formats.Gif.GifFormat.Instance,
+            new SixLabors.ImageSharp.Formats.Gif.GifDecoder { DecodingMode = SixLabors.ImageSharp.Metadata.FrameDecodingMode.First });
+        configuration.ImageFormatsManager.SetDecoder(SixLabors.ImageSharp.Formats.Tiff.TiffFormat.Instance,
+            new SixLabors.ImageSharp.Formats.Tiff.TiffDecoder { DecodingMode = SixLabors.ImageSharp.Metadata.FrameDecodingMode.First });
+        return configuration;
+    }
+
     /// <summary>Largest image file accepted, in bytes (the file is read whole, once, into a pooled buffer).</summary>
     public const long MaxFileBytes = 256L << 20;
 
@@ -50,7 +64,7 @@ public static class Transforms
                 throw new ImageFileException(path, $"is {info.Width}x{info.Height} pixels; at most {maxPixels} pixels are accepted");
             CheckComplete(path, format?.Name, new ReadOnlySpan<byte>(rented, 0, length));
             memory.Position = 0;
-            return Image.Load<Rgb24>(memory);
+            return Image.Load<Rgb24>(s_firstFrameOnly, memory);
         }
         catch (ImageFileException)
         {
