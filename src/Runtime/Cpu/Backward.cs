@@ -147,6 +147,8 @@ internal static unsafe class Backward
         public float* Z, A, G, GResidual, Gamma, Mean, InvStd, DGamma, DBeta;
         public int Batch, C, Hw;
         public bool Relu, BatchStatistics;
+        // Per channel: [sum of g (C)][sum of g * xhat (C)][count], summed over every process when synchronized.
+        public double* Sums;
     }
 
     /// <summary>
@@ -155,17 +157,23 @@ internal static unsafe class Backward
     /// batch statistics (train mode) or as a fixed affine map (eval mode). Sums in double.
     /// </summary>
     public static void BatchNorm(float* z, float* a, float* g, float* gResidual, float* gamma, float* mean, float* invStd,
-        float* dGamma, float* dBeta, int batch, int c, int hw, bool relu, bool batchStatistics)
+        float* dGamma, float* dBeta, int batch, int c, int hw, bool relu, bool batchStatistics, double* sums,
+        Action<Span<double>>? reduce = null)
     {
         var job = new BnJob
         {
             Z = z, A = a, G = g, GResidual = gResidual, Gamma = gamma, Mean = mean, InvStd = invStd, DGamma = dGamma, DBeta = dBeta,
-            Batch = batch, C = c, Hw = hw, Relu = relu, BatchStatistics = batchStatistics,
+            Batch = batch, C = c, Hw = hw, Relu = relu, BatchStatistics = batchStatistics, Sums = sums,
         };
-        WorkerPool.Shared.Run(&BatchNormChannel, &job, c);
+        WorkerPool.Shared.Run(&BatchNormSums, &job, c);
+        sums[2 * c] = (double)batch * hw;
+        // SyncBatchNorm: the input gradient needs the sums over every process's batch (the parameter gradients stay
+        // local; data-parallel averaging takes care of them).
+        if (batchStatistics && reduce is not null) reduce(new Span<double>(sums, 2 * c + 1));
+        WorkerPool.Shared.Run(&BatchNormInput, &job, c);
     }
 
-    private static void BatchNormChannel(void* context, int ch)
+    private static void BatchNormSums(void* context, int ch)
     {
         ref BnJob j = ref Unsafe.AsRef<BnJob>(context);
         float mean = j.Mean[ch], invStd = j.InvStd[ch];
@@ -195,11 +203,18 @@ internal static unsafe class Backward
         }
         j.DGamma[ch] += (float)sumGx;
         j.DBeta[ch] += (float)sumG;
+        j.Sums[ch] = sumG;
+        j.Sums[j.C + ch] = sumGx;
+    }
 
-        double count = (double)j.Batch * j.Hw;
+    private static void BatchNormInput(void* context, int ch)
+    {
+        ref BnJob j = ref Unsafe.AsRef<BnJob>(context);
+        float mean = j.Mean[ch], invStd = j.InvStd[ch];
+        double count = j.Sums[2 * j.C];
         float scale = j.Gamma[ch] * invStd;
-        float meanG = j.BatchStatistics ? (float)(sumG / count) : 0f;
-        float meanGx = j.BatchStatistics ? (float)(sumGx / count) : 0f;
+        float meanG = j.BatchStatistics ? (float)(j.Sums[ch] / count) : 0f;
+        float meanGx = j.BatchStatistics ? (float)(j.Sums[j.C + ch] / count) : 0f;
         for (int n = 0; n < j.Batch; n++)
         {
             long at = ((long)n * j.C + ch) * j.Hw;

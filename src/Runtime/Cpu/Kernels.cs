@@ -48,6 +48,8 @@ internal static unsafe class Kernels
         public float* Z, A, Residual, Bn, Mean, InvStd;
         public int Batch, C, Hw;
         public bool Relu, BatchStatistics;
+        // Synchronized BatchNorm: [mean (C)][total count][variance (C)] over every process's batch, or null.
+        public double* Synced;
     }
 
     /// <summary>
@@ -58,17 +60,56 @@ internal static unsafe class Kernels
     /// are used. The mean and 1/sqrt(var + eps) used are written to <paramref name="mean"/> and <paramref name="invStd"/>.
     /// </summary>
     public static void BatchNormForward(ReadOnlySpan<float> z, Span<float> a, ReadOnlySpan<float> residual, Span<float> bn,
-        Span<float> mean, Span<float> invStd, int batch, int c, int hw, bool relu, bool batchStatistics)
+        Span<float> mean, Span<float> invStd, int batch, int c, int hw, bool relu, bool batchStatistics,
+        Span<double> syncScratch = default, Action<Span<double>>? reduce = null)
     {
         fixed (float* pz = z, pa = a, pr = residual, pbn = bn, pm = mean, pi = invStd)
+        fixed (double* ps = syncScratch)
         {
             var job = new BnJob
             {
                 Z = pz, A = pa, Residual = residual.IsEmpty ? null : pr, Bn = pbn, Mean = pm, InvStd = pi,
                 Batch = batch, C = c, Hw = hw, Relu = relu, BatchStatistics = batchStatistics,
             };
+            if (batchStatistics && reduce is not null)
+            {
+                // SyncBatchNorm: the mean, then the variance about it, each summed over every process's batch.
+                var stats = syncScratch.Slice(0, 2 * c + 1);
+                job.Synced = ps;
+                WorkerPool.Shared.Run(&ChannelSum, &job, c);
+                stats[c] = (double)batch * hw;
+                reduce(stats.Slice(0, c + 1));
+                for (int ch = 0; ch < c; ch++) stats[ch] /= stats[c];
+                WorkerPool.Shared.Run(&ChannelSquares, &job, c);
+                reduce(stats.Slice(c + 1, c));
+                for (int ch = 0; ch < c; ch++) stats[c + 1 + ch] /= stats[c];
+            }
             WorkerPool.Shared.Run(&BatchNormChannel, &job, c);
         }
+    }
+
+    private static void ChannelSum(void* context, int ch)
+    {
+        ref BnJob j = ref Unsafe.AsRef<BnJob>(context);
+        double sum = 0;
+        for (int n = 0; n < j.Batch; n++) sum += Sum(new ReadOnlySpan<float>(j.Z + ((long)n * j.C + ch) * j.Hw, j.Hw));
+        j.Synced[ch] = sum;
+    }
+
+    private static void ChannelSquares(void* context, int ch)
+    {
+        ref BnJob j = ref Unsafe.AsRef<BnJob>(context);
+        double mean = j.Synced[ch], sq = 0;
+        for (int n = 0; n < j.Batch; n++)
+        {
+            float* p = j.Z + ((long)n * j.C + ch) * j.Hw;
+            for (int i = 0; i < j.Hw; i++)
+            {
+                double d = p[i] - mean;
+                sq += d * d;
+            }
+        }
+        j.Synced[j.C + 1 + ch] = sq;
     }
 
     private static void BatchNormChannel(void* context, int ch)
@@ -77,7 +118,15 @@ internal static unsafe class Kernels
         float* runningMean = j.Bn + 2 * j.C;
         float* runningVar = j.Bn + 3 * j.C;
         double mean, variance;
-        if (j.BatchStatistics)
+        if (j.BatchStatistics && j.Synced != null)
+        {
+            double count = j.Synced[j.C];
+            mean = j.Synced[ch];
+            variance = j.Synced[j.C + 1 + ch];
+            runningMean[ch] = (float)((1 - BatchNormMomentum) * runningMean[ch] + BatchNormMomentum * mean);
+            runningVar[ch] = (float)((1 - BatchNormMomentum) * runningVar[ch] + BatchNormMomentum * variance * count / (count - 1));
+        }
+        else if (j.BatchStatistics)
         {
             long count = (long)j.Batch * j.Hw;
             double sum = 0;

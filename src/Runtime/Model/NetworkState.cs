@@ -108,6 +108,28 @@ public sealed unsafe class NetworkState
     /// <summary>Call after changing <see cref="Values"/> directly, so prepared weights are rebuilt.</summary>
     public void MarkWeightsChanged() => _weightsVersion++;
 
+    /// <summary>Call after changing weights and BatchNorm statistics directly.</summary>
+    public void MarkStateChanged()
+    {
+        _weightsVersion++;
+        _statisticsVersion++;
+    }
+
+    // Per-channel sums of one BatchNorm (forward statistics or backward reductions), sized once for the widest.
+    private double[] _bnSums = Array.Empty<double>();
+
+    private Span<double> BnSums(int channels)
+    {
+        if (_bnSums.Length < 2 * channels + 1) _bnSums = new double[2 * channels + 1];
+        return _bnSums.AsSpan(0, 2 * channels + 1);
+    }
+
+    /// <summary>
+    /// With synchronized BatchNorm: sums per-channel partial statistics over all data-parallel processes, in place
+    /// (null: each process normalizes with its own batch).
+    /// </summary>
+    internal Action<Span<double>>? StatisticsReducer;
+
     /// <summary>Every state_dict key in torchvision's order.</summary>
     public IReadOnlyList<string> StateKeys { get; }
 
@@ -425,7 +447,7 @@ public sealed unsafe class NetworkState
             throw new ArgumentException($"{_spec.Name}: train-mode BatchNorm needs more than one value per channel (PyTorch's rule); a batch of {batch} at {oh}x{ow} has one. Use a larger batch or Eval().");
         Cpu.Conv.Forward(x, z, ReadOnlySpan<float>.Empty, Weights(c), ReadOnlySpan<float>.Empty, ReadOnlySpan<float>.Empty, batch, cin, h, w, cout, oh, ow, kernel, stride, pad, relu: false);
         Kernels.BatchNormForward(z, a, residual, ValueArray.AsSpan((int)c.BatchNorm, 4 * cout), _bnMean[index], _bnInvStd[index],
-            batch, cout, oh * ow, relu, batchStatistics);
+            batch, cout, oh * ow, relu, batchStatistics, BnSums(cout), StatisticsReducer);
         if (batchStatistics)
         {
             _counters[c.Counter]++;
@@ -451,27 +473,38 @@ public sealed unsafe class NetworkState
         if (fold && _gradientRows.Length < cout * columns) _gradientRows = new float[cout * columns];
         fixed (float* px = x, pz = z, pa = a, pg = g, pgr = gResidual, pgx = gx, pvalues = ValueArray, pgrads = Gradients,
                pmean = _bnMean[index], pinv = _bnInvStd[index], pwt = _packedTransposed![index], pcols = _columns, pgz = _packedGradient)
+        fixed (double* psums = BnSums(cout))
         {
             Cpu.Backward.BatchNorm(pz, pa, pg, gResidual.IsEmpty ? null : pgr, pvalues + c.BatchNorm, pmean, pinv,
-                pgrads + c.BatchNorm, pgrads + c.BatchNorm + cout, batch, cout, hw, relu, _batchStatistics);
+                pgrads + c.BatchNorm, pgrads + c.BatchNorm + cout, batch, cout, hw, relu, _batchStatistics, psums, StatisticsReducer);
             if (fold)
             {
                 Cpu.Backward.ConvFilterFolded(px, pg, pgrads + c.Weight, pcols, pgz, batch, cin, h, w, cout, oh, ow, kernel, stride, pad);
                 if (!gx.IsEmpty)
                     fixed (float* prows = _gradientRows)
                         Cpu.Backward.ConvDataFolded(pg, pwt, pgx, pcols, prows, batch, cin, h, w, cout, oh, ow, kernel, stride, pad);
-                return;
             }
-            long inPerImage = (long)cin * h * w, outPerImage = (long)cout * hw;
-            for (int n = 0; n < batch; n++)
+            else
             {
-                Cpu.Backward.ConvFilter(px + n * inPerImage, pg + n * outPerImage, pgrads + c.Weight, pcols, pgz,
-                    cin, h, w, cout, oh, ow, kernel, stride, pad);
-                if (!gx.IsEmpty)
-                    Cpu.Backward.ConvData(pg + n * outPerImage, pwt, pgx + n * inPerImage, pcols, cin, h, w, cout, oh, ow, kernel, stride, pad);
+                long inPerImage = (long)cin * h * w, outPerImage = (long)cout * hw;
+                for (int n = 0; n < batch; n++)
+                {
+                    Cpu.Backward.ConvFilter(px + n * inPerImage, pg + n * outPerImage, pgrads + c.Weight, pcols, pgz,
+                        cin, h, w, cout, oh, ow, kernel, stride, pad);
+                    if (!gx.IsEmpty)
+                        Cpu.Backward.ConvData(pg + n * outPerImage, pwt, pgx + n * inPerImage, pcols, cin, h, w, cout, oh, ow, kernel, stride, pad);
+                }
             }
         }
+        GradientsReady?.Invoke(index);
     }
+
+    /// <summary>
+    /// Called on the training thread as soon as a layer's parameter gradients are final for the current
+    /// <c>ForwardBackward</c>: with the conv index (its weight and BatchNorm), or -1 for the fc layer. Data-parallel
+    /// training starts reducing a bucket of gradients while backward goes on with earlier layers.
+    /// </summary>
+    internal Action<int>? GradientsReady;
 
     public void MaxPool(ReadOnlySpan<float> x, Span<float> y, int batch, int channels, int h, int w, int oh, int ow, int kernel, int stride, int pad) =>
         Kernels.MaxPool(x, y, batch * channels, h, w, oh, ow, kernel, stride, pad);
@@ -492,10 +525,13 @@ public sealed unsafe class NetworkState
         Kernels.Linear(x, y, ValueArray.AsSpan((int)_spec.FcWeight, _spec.NumClasses * _spec.FcIn),
             ValueArray.AsSpan((int)_spec.FcBias, _spec.NumClasses), batch, _spec.FcIn, _spec.NumClasses);
 
-    public void LinearBackward(ReadOnlySpan<float> x, ReadOnlySpan<float> g, Span<float> gx, int batch) =>
+    public void LinearBackward(ReadOnlySpan<float> x, ReadOnlySpan<float> g, Span<float> gx, int batch)
+    {
         Cpu.Backward.Linear(x, g, ValueArray.AsSpan((int)_spec.FcWeight, _spec.NumClasses * _spec.FcIn),
             Gradients.Slice((int)_spec.FcWeight, _spec.NumClasses * _spec.FcIn), Gradients.Slice((int)_spec.FcBias, _spec.NumClasses),
             gx, batch, _spec.FcIn, _spec.NumClasses);
+        GradientsReady?.Invoke(-1);
+    }
 
     /// <summary>
     /// Mean cross-entropy (as nn.CrossEntropyLoss) and dL/dlogits. A loss that is NaN or infinite puts the BatchNorm

@@ -40,8 +40,12 @@ public sealed class Batch
 public sealed class DataLoader
 {
     public DataLoader(ImageFolder dataset, Compose transform, int batchSize, bool shuffle = false, int seed = 0,
-        bool dropLast = false, int workers = 0, int prefetch = 2, bool skipBadImages = false)
+        bool dropLast = false, int workers = 0, int prefetch = 2, bool skipBadImages = false, int rank = 0, int worldSize = 1)
     {
+        if (worldSize < 1) throw new ArgumentOutOfRangeException(nameof(worldSize), worldSize, "the world size must be >= 1");
+        if (rank < 0 || rank >= worldSize) throw new ArgumentOutOfRangeException(nameof(rank), rank, $"the rank must lie in [0, {worldSize})");
+        Rank = rank;
+        WorldSize = worldSize;
         Dataset = dataset ?? throw new ArgumentNullException(nameof(dataset));
         Transform = transform ?? throw new ArgumentNullException(nameof(transform));
         if (batchSize < 1) throw new ArgumentOutOfRangeException(nameof(batchSize), batchSize, "batch size must be >= 1");
@@ -70,13 +74,35 @@ public sealed class DataLoader
     public int Prefetch { get; }
     public bool SkipBadImages { get; }
 
+    /// <summary>This process's rank among <see cref="WorldSize"/> data-parallel processes (0 of 1 alone).</summary>
+    public int Rank { get; }
+
+    /// <summary>Data-parallel processes sharing each epoch; each reads a disjoint shard, as DistributedSampler.</summary>
+    public int WorldSize { get; }
+
+    /// <summary>Images this process reads per epoch: ceil(count / world size), the shards padded to equal length.</summary>
+    public int SamplesPerEpoch => (Dataset.Count + WorldSize - 1) / WorldSize;
+
     /// <summary>Images skipped as unreadable so far (with <see cref="SkipBadImages"/>).</summary>
     public int SkippedImages => Volatile.Read(ref _skipped);
 
-    public int BatchesPerEpoch => DropLast ? Dataset.Count / BatchSize : (Dataset.Count + BatchSize - 1) / BatchSize;
+    public int BatchesPerEpoch => DropLast ? SamplesPerEpoch / BatchSize : (SamplesPerEpoch + BatchSize - 1) / BatchSize;
 
-    /// <summary>The order of an epoch: a Fisher-Yates shuffle seeded by (seed, epoch), or the data set's order.</summary>
+    /// <summary>
+    /// This process's order of an epoch: a Fisher-Yates shuffle seeded by (seed, epoch), or the data set's order;
+    /// with several processes, as torch's DistributedSampler: the same shuffle everywhere, padded by repeating its
+    /// start to a multiple of the world size, and every <see cref="WorldSize"/>-th index from <see cref="Rank"/>.
+    /// </summary>
     public int[] Order(int epoch)
+    {
+        var all = GlobalOrder(epoch);
+        if (WorldSize == 1) return all;
+        var shard = new int[SamplesPerEpoch];
+        for (int i = 0; i < shard.Length; i++) shard[i] = all[(Rank + (long)i * WorldSize) % all.Length];
+        return shard;
+    }
+
+    private int[] GlobalOrder(int epoch)
     {
         var order = new int[Dataset.Count];
         for (int i = 0; i < order.Length; i++) order[i] = i;

@@ -78,6 +78,13 @@ public static class Transforms
         {
             throw new ImageFileException(path, "cannot be read: " + e.Message, e);
         }
+        catch (Exception e) when (e is ArgumentException or IndexOutOfRangeException or InvalidOperationException or OverflowException
+                                      or NullReferenceException or InvalidCastException)
+        {
+            // A decoder that trips over a malformed file (fuzzing found ImageSharp's TGA decoder throwing
+            // ArgumentOutOfRangeException): the file is bad, not the caller's arguments.
+            throw new ImageFileException(path, $"cannot be decoded (the decoder failed with {e.GetType().Name}: {e.Message})", e);
+        }
         finally
         {
             if (rented is not null) System.Buffers.ArrayPool<byte>.Shared.Return(rented);

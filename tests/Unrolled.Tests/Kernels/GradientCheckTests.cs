@@ -115,8 +115,10 @@ public unsafe class GradientCheckTests
         var g = (float[])r.Clone();
         var gResidual = new float[z.Length];
         var dParams = new float[2 * c];
+        var sums = new double[2 * c + 1];
         fixed (float* pz = z, pa = a, pg = g, pgr = gResidual, pbn = bn, pm = mean, pi = invStd, pd = dParams)
-            Backward.BatchNorm(pz, pa, pg, withResidual ? pgr : null, pbn, pm, pi, pd, pd + c, n, c, hw, relu, batchStatistics);
+        fixed (double* ps = sums)
+            Backward.BatchNorm(pz, pa, pg, withResidual ? pgr : null, pbn, pm, pi, pd, pd + c, n, c, hw, relu, batchStatistics, ps);
 
         Check(z, g, Forward, 1e-3f, 2e-3, "dz");
         var gamma = bn.AsSpan(0, 2 * c).ToArray();
