@@ -12,9 +12,12 @@ out=${3:-$root/fuzz/findings/$target}
 shared=${UNROLLED_SHARED:-$root/../shared}
 build=$root/fuzz/bin/$target
 
+rm -rf "$build"   # a fresh copy: instrumenting twice is refused
 dotnet publish "$root/fuzz/Unrolled.Fuzz" -c Release -o "$build" >/dev/null
 export PATH="$PATH:$HOME/.dotnet/tools"
-sharpfuzz "$build/Unrolled.Runtime.dll"       # coverage instrumentation, in place (our code only)
+sharpfuzz "$build/Unrolled.Runtime.dll"       # coverage instrumentation, in place
+# The image target is mostly ImageSharp's decoders: instrument them too, so that AFL sees their paths.
+if [ "$target" = image ]; then sharpfuzz "$build/SixLabors.ImageSharp.dll"; fi
 
 seeds=$(mktemp -d)
 case $target in

@@ -1,4 +1,5 @@
 using System;
+using System.IO;
 using SixLabors.ImageSharp;
 using SixLabors.ImageSharp.PixelFormats;
 using SixLabors.ImageSharp.Processing;
@@ -139,7 +140,14 @@ public sealed class Compose
     public void Apply(string path, Span<float> destination, Random random)
     {
         using var image = Transforms.Load(path, MaxPixels);
-        foreach (var step in _steps) step.Apply(image, random);
+        try
+        {
+            foreach (var step in _steps) step.Apply(image, random);
+        }
+        catch (InvalidDataException e)
+        {
+            throw new ImageFileException(path, e.Message, e);
+        }
         if (image.Width != Width || image.Height != Height)
             throw new ImageFileException(path, $"came out of the transforms as {image.Width}x{image.Height}, but the pipeline promises {Width}x{Height}; add a CenterCrop or a Resize that fixes the size");
         Transforms.ToTensor(image, destination);

@@ -37,6 +37,16 @@ public static class Transforms
         return configuration;
     }
 
+    /// <summary>
+    /// Images above this many pixels must not declare more than <see cref="MaxPixelsPerByte"/> pixels per byte of file:
+    /// a few bytes claiming a huge image (fuzzing found PBM headers that made the decoder take 4 GB) are refused
+    /// before decoding. Real photos hold well under 10 pixels per byte; a flat 4K PNG a few hundred.
+    /// </summary>
+    public const long BombFloorPixels = 4L * 1024 * 1024;
+
+    /// <summary>See <see cref="BombFloorPixels"/>.</summary>
+    public const long MaxPixelsPerByte = 1024;
+
     /// <summary>Largest image file accepted, in bytes (the file is read whole, once, into a pooled buffer).</summary>
     public const long MaxFileBytes = 256L << 20;
 
@@ -60,8 +70,12 @@ public static class Transforms
             }
             using var memory = new MemoryStream(rented, 0, length, writable: false);
             var info = Image.Identify(memory, out var format) ?? throw new ImageFileException(path, "is not an image in a supported format (PNG, JPEG, BMP, GIF, TGA, TIFF, WebP, PBM)");
-            if ((long)info.Width * info.Height > maxPixels || info.Width <= 0 || info.Height <= 0)
+            long pixels = (long)info.Width * info.Height;
+            if (pixels > maxPixels || info.Width <= 0 || info.Height <= 0)
                 throw new ImageFileException(path, $"is {info.Width}x{info.Height} pixels; at most {maxPixels} pixels are accepted");
+            if (pixels > BombFloorPixels && pixels > MaxPixelsPerByte * (long)length)
+                throw new ImageFileException(path,
+                    $"declares {info.Width}x{info.Height} pixels in {length} bytes (more than {MaxPixelsPerByte} pixels per byte): refused as a decompression bomb");
             CheckComplete(path, format?.Name, new ReadOnlySpan<byte>(rented, 0, length));
             memory.Position = 0;
             return Image.Load<Rgb24>(s_firstFrameOnly, memory);
@@ -79,10 +93,12 @@ public static class Transforms
             throw new ImageFileException(path, "cannot be read: " + e.Message, e);
         }
         catch (Exception e) when (e is ArgumentException or IndexOutOfRangeException or InvalidOperationException or OverflowException
-                                      or NullReferenceException or InvalidCastException)
+                                      or NullReferenceException or InvalidCastException or ArithmeticException
+                                      or SixLabors.ImageSharp.Memory.InvalidMemoryOperationException)
         {
             // A decoder that trips over a malformed file (fuzzing found ImageSharp's TGA decoder throwing
-            // ArgumentOutOfRangeException): the file is bad, not the caller's arguments.
+            // ArgumentOutOfRangeException, its PBM decoder dividing by zero, and TIFF files asking the allocator for
+            // 5 GB): the file is bad, not the caller's arguments.
             throw new ImageFileException(path, $"cannot be decoded (the decoder failed with {e.GetType().Name}: {e.Message})", e);
         }
         finally
@@ -114,7 +130,12 @@ public static class Transforms
     {
         if (size < 1) throw new ArgumentOutOfRangeException(nameof(size), size, "size must be >= 1");
         int w = image.Width, h = image.Height;
-        (int nw, int nh) = w <= h ? (size, (int)((long)size * h / w)) : ((int)((long)size * w / h), size);
+        (long lw, long lh) = w <= h ? ((long)size, (long)size * h / w) : ((long)size * w / h, (long)size);
+        // An extreme aspect ratio (fuzzing found a 1-pixel-high image) would make the long side huge.
+        if (lw * lh > DefaultMaxPixels)
+            throw new InvalidDataException(
+                $"resizing {w}x{h} so that its shorter side is {size} gives {lw}x{lh} pixels, more than the {DefaultMaxPixels} accepted");
+        int nw = (int)lw, nh = (int)lh;
         if (nw == w && nh == h) return;
         image.Mutate(x => x.Resize(new ResizeOptions { Size = new Size(nw, nh), Sampler = Bilinear, Mode = ResizeMode.Stretch, Compand = false }));
     }
@@ -203,7 +224,14 @@ public static class Preprocess
     public static float[] ImageNetEval(string path, int resize = 256, int crop = 224)
     {
         using var image = Transforms.Load(path);
-        Transforms.Resize(image, resize);
+        try
+        {
+            Transforms.Resize(image, resize);
+        }
+        catch (InvalidDataException e)
+        {
+            throw new ImageFileException(path, e.Message, e);
+        }
         Transforms.CenterCrop(image, crop);
         var tensor = new float[3 * crop * crop];
         Transforms.ToTensor(image, tensor);
