@@ -14,7 +14,19 @@ namespace Unrolled.Cpu;
 /// </summary>
 internal sealed unsafe class WorkerPool
 {
-    public static readonly WorkerPool Shared = new(Environment.ProcessorCount);
+    public static readonly WorkerPool Shared = new(DefaultThreads());
+
+    /// <summary>
+    /// UNROLLED_THREADS if set; else the cores divided among the processes mpirun started on this machine
+    /// (OMPI_COMM_WORLD_LOCAL_SIZE), so that data-parallel ranks do not oversubscribe; else every core.
+    /// </summary>
+    internal static int DefaultThreads()
+    {
+        if (int.TryParse(Environment.GetEnvironmentVariable("UNROLLED_THREADS"), out int threads) && threads > 0) return threads;
+        if (int.TryParse(Environment.GetEnvironmentVariable("OMPI_COMM_WORLD_LOCAL_SIZE"), out int local) && local > 1)
+            return Math.Max(1, Environment.ProcessorCount / local);
+        return Environment.ProcessorCount;
+    }
 
     /// <summary>How long an idle worker spins before it sleeps.</summary>
     private static readonly long SpinTicks = Stopwatch.Frequency / 5000; // 200 microseconds
