@@ -17,6 +17,10 @@ public sealed record Options
     /// <summary>Stop each epoch after this many batches (for quick checks); 0 = whole epochs.</summary>
     public int MaxBatches { get; init; }
     public int Seed { get; init; }
+    /// <summary>One data-parallel rank of an mpirun job (rank and size from MPI).</summary>
+    public bool Distributed { get; init; }
+    /// <summary>With --distributed: BatchNorm statistics over every rank's batch (SyncBatchNorm).</summary>
+    public bool SyncBatchNorm { get; init; }
 
     public const string Usage = """
         Trains ResNet-50 on handwritten digits (PyTorch's recipe) and reports test accuracy.
@@ -30,6 +34,9 @@ public sealed record Options
           --resume          continue from DIR/last.safetensors
           --max-batches N   stop each epoch after N batches (quick checks)
           --seed N          shuffling seed (default 0)
+          --distributed     data-parallel: start with mpirun -np N; each rank trains on its shard of every epoch with
+                            --batch-size images a step, gradients averaged over ranks; rank 0 logs and checkpoints
+          --sync-bn         with --distributed: BatchNorm statistics over all ranks' batches (SyncBatchNorm)
         """;
 
     /// <summary>The options, or null after printing the usage for --help.</summary>
@@ -51,6 +58,8 @@ public sealed record Options
                     break;
                 case "--out": o = o with { Out = Value() }; break;
                 case "--resume": o = o with { Resume = true }; break;
+                case "--distributed": o = o with { Distributed = true }; break;
+                case "--sync-bn": o = o with { SyncBatchNorm = true }; break;
                 case "--max-batches": o = o with { MaxBatches = Int("--max-batches") }; break;
                 case "--seed": o = o with { Seed = int.Parse(Value(), CultureInfo.InvariantCulture) }; break;
                 case "-h" or "--help":

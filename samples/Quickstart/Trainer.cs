@@ -21,6 +21,11 @@ public static class Trainer
 {
     public static double Run(Options o, TextWriter log)
     {
+        // Data-parallel: one rank of an mpirun job. Only rank 0 logs and writes checkpoints; every rank can resume.
+        using var mpi = o.Distributed ? Distributed.Mpi.Initialize() : null;
+        int rank = mpi?.Rank ?? 0, ranks = mpi?.Size ?? 1;
+        if (rank != 0) log = TextWriter.Null;
+        if (o.SyncBatchNorm && mpi is null) throw new ArgumentException("--sync-bn needs --distributed");
         string trainDir = Path.Combine(o.Data, "train"), testDir = Path.Combine(o.Data, "test");
         var train = new ImageFolder(trainDir);
         var test = new ImageFolder(testDir);
@@ -30,7 +35,7 @@ public static class Trainer
             throw new InvalidDataException($"{o.Data}: train/ and test/ have different class folders");
 
         var transform = new Compose(32, 32, new ImageTransform[] { new Grayscale(), new Resize(32) }, Preprocess.ImageNetMean, Preprocess.ImageNetStd);
-        var trainLoader = new DataLoader(train, transform, o.BatchSize, shuffle: true, seed: o.Seed);
+        var trainLoader = new DataLoader(train, transform, o.BatchSize, shuffle: true, seed: o.Seed, rank: rank, worldSize: ranks);
         var testLoader = new DataLoader(test, transform, 100);
 
         var net = new DigitsNet();
@@ -50,14 +55,17 @@ public static class Trainer
             log.WriteLine($"resumed from {last} at epoch {startEpoch}");
         }
 
+        using var ddp = mpi is null ? null : new Distributed.DataParallel(net, mpi, syncBatchNorm: o.SyncBatchNorm);
         log.WriteLine($"ResNet-50 ({DigitsNet.ParameterCount:N0} parameters), {train.Count} training and {test.Count} test images of {train.Classes.Count} classes from {o.Data}");
+        if (mpi is not null)
+            log.WriteLine($"data-parallel over {ranks} ranks ({(o.SyncBatchNorm ? "synchronized" : "per-rank")} BatchNorm, {ddp!.Buckets} gradient buckets), {trainLoader.SamplesPerEpoch} images per rank and epoch");
         var logits = new float[o.BatchSize * DigitsNet.NumClasses];
-        bool interactive = !Console.IsOutputRedirected && ReferenceEquals(log, Console.Out);
+        bool interactive = !Console.IsOutputRedirected && ReferenceEquals(log, Console.Out) && ranks == 1;
         for (int epoch = startEpoch; epoch < o.Epochs; epoch++)
         {
             net.Train();
             int batches = o.MaxBatches > 0 ? Math.Min(o.MaxBatches, trainLoader.BatchesPerEpoch) : trainLoader.BatchesPerEpoch;
-            double lossSum = 0;
+            double lossSum = 0, exposed = 0;
             int seen = 0, steps = 0;
             var clock = Stopwatch.StartNew();
             void TrainEpoch(Action<double, string> progress)
@@ -66,7 +74,9 @@ public static class Trainer
                 {
                     if (steps == batches) break;
                     sgd.ZeroGrad();
-                    float loss = net.ForwardBackward(batch.Input, batch.Labels, logits.AsSpan(0, batch.Count * DigitsNet.NumClasses));
+                    var l = logits.AsSpan(0, batch.Count * DigitsNet.NumClasses);
+                    float loss = ddp is null ? net.ForwardBackward(batch.Input, batch.Labels, l) : ddp.ForwardBackward(batch.Input, batch.Labels, l);
+                    exposed += ddp?.LastExposedCommunicationMs ?? 0;
                     sgd.Step();
                     losses.Add(loss);
                     lossSum += loss * batch.Count;
@@ -95,17 +105,24 @@ public static class Trainer
 
             double accuracy = Evaluate(net, testLoader, o.MaxBatches);
             accuracies.Add(accuracy);
-            log.WriteLine($"epoch {epoch + 1}/{o.Epochs}: train loss {lossSum / Math.Max(seen, 1):F4}, {seen / clock.Elapsed.TotalSeconds:F0} img/s, {clock.Elapsed.TotalSeconds:F1} s, test accuracy {accuracy:F4}");
+            log.WriteLine($"epoch {epoch + 1}/{o.Epochs}: train loss {lossSum / Math.Max(seen, 1):F4}, {seen * ranks / clock.Elapsed.TotalSeconds:F0} img/s, {clock.Elapsed.TotalSeconds:F1} s, test accuracy {accuracy:F4}" +
+                (ddp is null ? "" : $", {exposed / Math.Max(steps, 1):F1} ms per step waiting for gradients after backward"));
             var meta = new Dictionary<string, string> { ["best_accuracy"] = Math.Max(bestAccuracy, accuracy).ToString("R", CultureInfo.InvariantCulture) };
             if (accuracy > bestAccuracy)
             {
                 bestAccuracy = accuracy;
-                Checkpoint.Save(best, net, sgd, schedule, epoch + 1, sgd.Steps, meta);
+                if (rank == 0) Checkpoint.Save(best, net, sgd, schedule, epoch + 1, sgd.Steps, meta);
             }
-            Checkpoint.Save(last, net, sgd, schedule, epoch + 1, sgd.Steps, meta);
+            if (rank == 0) Checkpoint.Save(last, net, sgd, schedule, epoch + 1, sgd.Steps, meta);
         }
 
         double final = Evaluate(net, testLoader, o.MaxBatches);
+        if (ddp is not null)
+        {
+            double blocking = ddp.MeasureBlockingAllReduceMs(); // a collective: every rank takes part
+            log.WriteLine($"one blocking all-reduce of all {DigitsNet.ParameterCount:N0} gradients takes {blocking:F1} ms here");
+        }
+        if (rank != 0) return final;
         Curves.Write(Path.Combine(o.Out, "curves.png"), losses, accuracies);
         ShowPredictions(net, test, transform, log);
         log.WriteLine($"best checkpoint: {best}; curves: {Path.Combine(o.Out, "curves.png")}");
