@@ -20,15 +20,7 @@ public sealed class CrashTests(ITestOutputHelper output) : IDisposable
 
     private const int Steps = 40;
 
-    private static string TargetDll()
-    {
-        // tests/Unrolled.Tests/bin/<Configuration>/net10.0/ -> tests/Unrolled.KillTarget/bin/<Configuration>/net10.0/
-        var here = new DirectoryInfo(AppContext.BaseDirectory.TrimEnd(Path.DirectorySeparatorChar));
-        string configuration = here.Parent!.Name, framework = here.Name;
-        string dll = Path.Combine(here.Parent.Parent!.Parent!.Parent!.FullName, "Unrolled.KillTarget", "bin", configuration, framework, "Unrolled.KillTarget.dll");
-        Assert.True(File.Exists(dll), $"{dll} not built");
-        return dll;
-    }
+    private static string TargetDll() => Reference.SiblingProgram("Unrolled.KillTarget");
 
     private static Process Start(string dir)
     {

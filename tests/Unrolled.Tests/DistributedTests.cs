@@ -24,13 +24,7 @@ public sealed class DistributedTests(ITestOutputHelper output) : IDisposable
     // step (measured at lr 0.05: 5e-8, 7e-7, 1e-5, 2e-3 after 1 to 4 steps; at lr 0.01, 8e-5 after 5), hence the looser bound after five.
     private static readonly (int Steps, double Tolerance)[] Checks = { (1, 1e-6), (5, 1e-3) };
 
-    private static string TargetDll()
-    {
-        var here = new DirectoryInfo(AppContext.BaseDirectory.TrimEnd(Path.DirectorySeparatorChar));
-        string dll = Path.Combine(here.Parent!.Parent!.Parent!.Parent!.FullName, "Unrolled.DistTarget", "bin", here.Parent.Name, here.Name, "Unrolled.DistTarget.dll");
-        Assert.True(File.Exists(dll), $"{dll} not built");
-        return dll;
-    }
+    private static string TargetDll() => Reference.SiblingProgram("Unrolled.DistTarget");
 
     private (int Code, string Output, double Seconds) Mpirun(string mode, int steps, string outFile, int timeoutSeconds = 120)
     {

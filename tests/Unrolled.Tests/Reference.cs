@@ -10,6 +10,16 @@ internal static class Reference
 {
     public static string Fixture(string name) => Path.Combine(AppContext.BaseDirectory, "Fixtures", name);
 
+    /// <summary>The built dll of a sibling project under tests/, in this build's configuration and framework.</summary>
+    public static string SiblingProgram(string project)
+    {
+        // tests/Unrolled.Tests/bin/<Configuration>/<framework>/ -> tests/<project>/bin/<Configuration>/<framework>/<project>.dll
+        var here = new DirectoryInfo(AppContext.BaseDirectory.TrimEnd(Path.DirectorySeparatorChar));
+        string dll = Path.Combine(here.Parent!.Parent!.Parent!.Parent!.FullName, project, "bin", here.Parent.Name, here.Name, project + ".dll");
+        if (!File.Exists(dll)) throw new FileNotFoundException($"{dll} is not built (it is part of Generated.sln)", dll);
+        return dll;
+    }
+
     /// <summary>../shared/reference/NAME found by walking up from the test binaries, or null.</summary>
     public static string? Shared(string name)
     {
