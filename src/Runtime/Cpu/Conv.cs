@@ -20,7 +20,7 @@ internal static unsafe class Conv
         public float* X, Y, Residual, A, Scale, Bias, Packed;
         public int Cin, H, W, Cout, OH, OW, Kernel, Stride, Pad, K, N, Hw, Batch;
         public int ColumnPanels, RowChunks, PanelsPerChunk;
-        public bool Relu;
+        public bool Relu, PackedA;
     }
 
     // The packed panels of one image. Shared by the callers, one at a time: the lock spans both phases.
@@ -30,13 +30,14 @@ internal static unsafe class Conv
 
     /// <summary>
     /// y = relu?(conv(x, W) * scale + bias + residual), per output channel. <paramref name="weights"/> are the
-    /// [Cout x Cin*k*k] weights as they are stored (read in place, never copied); <paramref name="scale"/> and
+    /// [Cout x Cin*k*k] weights as they are stored (read in place), or, with <paramref name="packedWeights"/>, the
+    /// same packed by <see cref="Gemm.PackA"/> (faster for the large batches of training); <paramref name="scale"/> and
     /// <paramref name="bias"/> are [Cout] or empty (eval-mode BatchNorm is exactly such a scale and bias);
     /// <paramref name="residual"/> is shaped like y or empty.
     /// </summary>
     public static void Forward(ReadOnlySpan<float> x, Span<float> y, ReadOnlySpan<float> residual,
         ReadOnlySpan<float> weights, ReadOnlySpan<float> scale, ReadOnlySpan<float> bias,
-        int batch, int cin, int h, int w, int cout, int oh, int ow, int kernel, int stride, int pad, bool relu)
+        int batch, int cin, int h, int w, int cout, int oh, int ow, int kernel, int stride, int pad, bool relu, bool packedWeights = false)
     {
         int hw = oh * ow;
         int k = cin * kernel * kernel;
@@ -63,7 +64,7 @@ internal static unsafe class Conv
                     Cin = cin, H = h, W = w, Cout = cout, OH = oh, OW = ow, Kernel = kernel, Stride = stride, Pad = pad,
                     K = k, N = n, Hw = hw, Batch = fold ? batch : 1,
                     ColumnPanels = columnPanels, RowChunks = rowChunks, PanelsPerChunk = panelsPerChunk,
-                    Relu = relu && !fold,
+                    Relu = relu && !fold, PackedA = packedWeights,
                 };
                 for (int image = 0; image < (fold ? 1 : batch); image++)
                 {
@@ -130,7 +131,7 @@ internal static unsafe class Conv
         {
             int m0 = rp * Gemm.MR;
             long at = (long)m0 * j.N + n0;
-            Gemm.Tile(j.K, j.A + (long)m0 * j.K, Gemm.Layout.RowMajor(j.K), b, j.Y + at, j.N, Math.Min(Gemm.MR, j.Cout - m0), cols,
+            Gemm.Tile(j.K, j.A + (long)m0 * j.K, j.PackedA ? Gemm.Layout.Packed : Gemm.Layout.RowMajor(j.K), b, j.Y + at, j.N, Math.Min(Gemm.MR, j.Cout - m0), cols,
                 j.Scale == null ? null : j.Scale + m0, j.Bias == null ? null : j.Bias + m0, j.Residual == null ? null : j.Residual + at, j.Relu);
         }
     }

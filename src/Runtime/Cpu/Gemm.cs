@@ -17,6 +17,20 @@ internal static unsafe class Gemm
     public const int MR = 8;
     public const int NR = 32;
 
+    /// <summary>Packs a row-major [M x K] matrix into MR-row panels ([panel][k][MR]), zero-padding the last panel.</summary>
+    public static void PackA(ReadOnlySpan<float> a, int m, int k, Span<float> packed)
+    {
+        int panels = (m + MR - 1) / MR;
+        packed = packed.Slice(0, panels * MR * k);
+        packed.Clear();
+        for (int row = 0; row < m; row++)
+        {
+            var src = a.Slice(row * k, k);
+            var dst = packed.Slice(row / MR * MR * k + row % MR);
+            for (int kk = 0; kk < k; kk++) dst[kk * MR] = src[kk];
+        }
+    }
+
     /// <summary>Where the MR rows of an A operand are: element (r, kk) is at a[r * RowStride + kk * KStride].</summary>
     /// <remarks>A packed panel has (1, MR); row-major weights [M x K] read in place have (K, 1).</remarks>
     public readonly record struct Layout(int RowStride, int KStride)

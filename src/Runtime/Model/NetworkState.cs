@@ -26,7 +26,9 @@ public sealed unsafe class NetworkState
     // per conv, eval-mode BatchNorm as the scale and bias the convolution's store applies,
     private readonly float[][] _scale;
     private readonly float[][] _bias;
-    // and, for training, W^T packed for the data gradient.
+    // and, for training, W packed for the forward (the large batches of training run faster on packed panels than on
+    // the weights read in place; inference keeps one copy of the weights) and W^T packed for the data gradient.
+    private float[][]? _packedForward;
     private float[][]? _packedTransposed;
     private long _weightsVersion;
     private long _statisticsVersion;
@@ -389,24 +391,32 @@ public sealed unsafe class NetworkState
             _preparedScale = (_weightsVersion, _statisticsVersion);
         }
 
-        // Training: W^T packed for the data gradient once per weight change, one conv per work item on every core.
+        // Training: W and W^T packed once per weight change, one conv and direction per work item on every core.
         if (transposed && _preparedTransposed != _weightsVersion)
         {
             if (_packedTransposed is null)
             {
+                _packedForward = new float[_spec.Convs.Length][];
                 _packedTransposed = new float[_spec.Convs.Length][];
-                for (int i = 0; i < _spec.Convs.Length; i++) _packedTransposed[i] = new float[Padded(_spec.Convs[i].K) * _spec.Convs[i].OutChannels];
+                for (int i = 0; i < _spec.Convs.Length; i++)
+                {
+                    var c = _spec.Convs[i];
+                    _packedForward[i] = new float[Padded(c.OutChannels) * c.K];
+                    _packedTransposed[i] = new float[Padded(c.K) * c.OutChannels];
+                }
             }
-            WorkerPool.Shared.Run(&PackTransposed, this, _spec.Convs.Length);
+            WorkerPool.Shared.Run(&PackForTraining, this, 2 * _spec.Convs.Length);
             _preparedTransposed = _weightsVersion;
         }
     }
 
-    private static void PackTransposed(object state, int i)
+    private static void PackForTraining(object state, int item)
     {
         var self = (NetworkState)state;
+        int i = item >> 1;
         var c = self._spec.Convs[i];
-        Gemm.PackATransposed(self.Weights(c), c.OutChannels, c.K, self._packedTransposed![i]);
+        if ((item & 1) == 0) Gemm.PackA(self.Weights(c), c.OutChannels, c.K, self._packedForward![i]);
+        else Gemm.PackATransposed(self.Weights(c), c.OutChannels, c.K, self._packedTransposed![i]);
     }
 
     // ---------------------------------------------------------------- the kernels the generated code calls
@@ -445,7 +455,7 @@ public sealed unsafe class NetworkState
         bool batchStatistics = IsTraining;
         if (batchStatistics && (long)batch * oh * ow <= 1)
             throw new ArgumentException($"{_spec.Name}: train-mode BatchNorm needs more than one value per channel (PyTorch's rule); a batch of {batch} at {oh}x{ow} has one. Use a larger batch or Eval().");
-        Cpu.Conv.Forward(x, z, ReadOnlySpan<float>.Empty, Weights(c), ReadOnlySpan<float>.Empty, ReadOnlySpan<float>.Empty, batch, cin, h, w, cout, oh, ow, kernel, stride, pad, relu: false);
+        Cpu.Conv.Forward(x, z, ReadOnlySpan<float>.Empty, _packedForward![index], ReadOnlySpan<float>.Empty, ReadOnlySpan<float>.Empty, batch, cin, h, w, cout, oh, ow, kernel, stride, pad, relu: false, packedWeights: true);
         Kernels.BatchNormForward(z, a, residual, ValueArray.AsSpan((int)c.BatchNorm, 4 * cout), _bnMean[index], _bnInvStd[index],
             batch, cout, oh * ow, relu, batchStatistics, BnSums(cout), StatisticsReducer);
         if (batchStatistics)

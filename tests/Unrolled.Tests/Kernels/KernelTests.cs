@@ -63,6 +63,14 @@ public class KernelTests
                 if (relu) want[i] = Math.Max(0, want[i]);
             }
             AssertClose(want, y, 1e-5, $"conv scale={useScale} bias={useBias} residual={useResidual} relu={relu}");
+
+            // The same from packed weights (the training forward): the same arithmetic, so the same bits.
+            var packed = new float[(cout + Gemm.MR - 1) / Gemm.MR * Gemm.MR * cin * k * k];
+            Gemm.PackA(weight, cout, cin * k * k, packed);
+            var yPacked = new float[expected.Length];
+            Conv.Forward(x, yPacked, useResidual ? residual : default, packed, useScale ? scale : default, useBias ? bias : default,
+                batch, cin, h, w, cout, oh, ow, k, stride, pad, relu, packedWeights: true);
+            Assert.Equal(y, yPacked);
         }
     }
 
