@@ -455,7 +455,10 @@ public sealed unsafe class NetworkState
         bool batchStatistics = IsTraining;
         if (batchStatistics && (long)batch * oh * ow <= 1)
             throw new ArgumentException($"{_spec.Name}: train-mode BatchNorm needs more than one value per channel (PyTorch's rule); a batch of {batch} at {oh}x{ow} has one. Use a larger batch or Eval().");
-        Cpu.Conv.Forward(x, z, ReadOnlySpan<float>.Empty, _packedForward![index], ReadOnlySpan<float>.Empty, ReadOnlySpan<float>.Empty, batch, cin, h, w, cout, oh, ow, kernel, stride, pad, relu: false, packedWeights: true);
+        // A training step packed the weights (BeginTraining); a train-mode Forward alone reads them in place.
+        bool packed = _packedForward is not null && _preparedTransposed == _weightsVersion;
+        Cpu.Conv.Forward(x, z, ReadOnlySpan<float>.Empty, packed ? _packedForward![index] : Weights(c), ReadOnlySpan<float>.Empty, ReadOnlySpan<float>.Empty,
+            batch, cin, h, w, cout, oh, ow, kernel, stride, pad, relu: false, packedWeights: packed);
         Kernels.BatchNormForward(z, a, residual, ValueArray.AsSpan((int)c.BatchNorm, 4 * cout), _bnMean[index], _bnInvStd[index],
             batch, cout, oh * ow, relu, batchStatistics, BnSums(cout), StatisticsReducer);
         if (batchStatistics)
