@@ -1,4 +1,5 @@
 using System;
+using System.Threading;
 using System.Collections.Generic;
 using System.ComponentModel;
 using Unrolled.Cpu;
@@ -50,13 +51,7 @@ public sealed unsafe class NetworkState
     public NetworkState(NetworkSpec spec, Device device, int seed = 0)
     {
         _spec = spec;
-        Device = device switch
-        {
-            Device.Cpu or Device.Auto => Device.Cpu,
-            Device.Cuda => throw new PlatformNotSupportedException(
-                "Device.Cuda was requested, but this build of Unrolled has no CUDA backend yet; use Device.Cpu, or Device.Auto to take a GPU when one becomes supported."),
-            _ => throw new ArgumentOutOfRangeException(nameof(device), device, "expected Device.Cpu, Device.Auto or Device.Cuda"),
-        };
+        Device = Choose(device, spec.Name);
         _seed = seed;
         _counters = new long[spec.CounterCount];
         _byKey = new Dictionary<string, StateEntry>(spec.Entries.Length, StringComparer.Ordinal);
@@ -83,6 +78,39 @@ public sealed unsafe class NetworkState
             _bias[i] = new float[c.OutChannels];
             _bnMean[i] = new float[c.OutChannels];
             _bnInvStd[i] = new float[c.OutChannels];
+        }
+    }
+
+    private static int s_autoNoted;
+
+    /// <summary>
+    /// Device.Cpu is the CPU; Device.Auto probes for CUDA (once per process) and says in one line on stderr what it
+    /// chose and why (UNROLLED_QUIET=1 silences it); Device.Cuda fails with what is missing and how to point to it.
+    /// </summary>
+    private static Device Choose(Device requested, string name)
+    {
+        switch (requested)
+        {
+            case Device.Cpu:
+                return Device.Cpu;
+            case Device.Auto:
+            {
+                var probe = Gpu.CudaLibraries.Probe();
+                if (Interlocked.Exchange(ref s_autoNoted, 1) == 0 && Environment.GetEnvironmentVariable("UNROLLED_QUIET") != "1")
+                    Console.Error.WriteLine(probe.Usable
+                        ? $"Unrolled: Device.Auto -> CPU: CUDA is usable ({probe.Reason}), but this build has no CUDA backend yet"
+                        : $"Unrolled: Device.Auto -> CPU: CUDA {probe.Reason}");
+                return Device.Cpu;
+            }
+            case Device.Cuda:
+            {
+                var probe = Gpu.CudaLibraries.Probe();
+                throw new PlatformNotSupportedException(probe.Usable
+                    ? $"{name}: Device.Cuda: CUDA is usable ({probe.Reason}), but this build of Unrolled has no CUDA backend yet; use Device.Cpu or Device.Auto."
+                    : $"{name}: Device.Cuda: CUDA cannot be used: {probe.Reason}. Use Device.Cpu, or Device.Auto to fall back to the CPU.");
+            }
+            default:
+                throw new ArgumentOutOfRangeException(nameof(requested), requested, "expected Device.Cpu, Device.Auto or Device.Cuda");
         }
     }
 
