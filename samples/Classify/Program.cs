@@ -19,7 +19,8 @@ try
 catch (Exception e) when (e is ArgumentException or WeightsFileException or ImageFileException or PretrainedDownloadException
                               or PlatformNotSupportedException or IOException)
 {
-    Console.Error.WriteLine("classify: " + e.Message);
+    string message = e is ArgumentException { ParamName: { } p } ? e.Message.Replace($" (Parameter '{p}')", "") : e.Message;
+    Console.Error.WriteLine("classify: " + message);
     return 2;
 }
 
