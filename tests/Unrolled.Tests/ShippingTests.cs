@@ -1,9 +1,7 @@
 using System;
-using System.Diagnostics;
 using System.IO;
 using System.IO.Compression;
 using System.Linq;
-using System.Text;
 
 namespace Unrolled.Tests;
 
@@ -28,36 +26,8 @@ public sealed class ShippingTests : IDisposable
     private static (int Code, string Output) Run(string file, string arguments, string workingDirectory, int timeoutSeconds,
         bool emptyEnvironment = false)
     {
-        var start = new ProcessStartInfo(file, arguments)
-        {
-            WorkingDirectory = workingDirectory,
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            UseShellExecute = false,
-        };
-        if (emptyEnvironment) start.Environment.Clear();
-        else
-        {
-            // The test host's own settings must not leak into the child builds.
-            start.Environment.Remove("MSBuildExtensionsPath");
-            start.Environment.Remove("MSBUILD_EXE_PATH");
-            start.Environment.Remove("MSBuildSDKsPath");
-            start.Environment["DOTNET_CLI_TELEMETRY_OPTOUT"] = "1";
-            start.Environment["DOTNET_NOLOGO"] = "1";
-        }
-        using var process = Process.Start(start)!;
-        var output = new StringBuilder();
-        process.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (output) output.AppendLine(e.Data); };
-        process.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (output) output.AppendLine(e.Data); };
-        process.BeginOutputReadLine();
-        process.BeginErrorReadLine();
-        if (!process.WaitForExit(timeoutSeconds * 1000))
-        {
-            process.Kill(entireProcessTree: true);
-            throw new TimeoutException($"{file} {arguments} did not finish in {timeoutSeconds} s:\n{output}");
-        }
-        process.WaitForExit();
-        lock (output) return (process.ExitCode, output.ToString());
+        var (code, output, _) = ChildProcess.Run(file, arguments, workingDirectory, timeoutSeconds, emptyEnvironment);
+        return (code, output);
     }
 
     [Fact]

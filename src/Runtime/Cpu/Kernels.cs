@@ -91,15 +91,27 @@ internal static unsafe class Kernels
     private static void ChannelSum(void* context, int ch)
     {
         ref BnJob j = ref Unsafe.AsRef<BnJob>(context);
-        double sum = 0;
-        for (int n = 0; n < j.Batch; n++) sum += Sum(new ReadOnlySpan<float>(j.Z + ((long)n * j.C + ch) * j.Hw, j.Hw));
-        j.Synced[ch] = sum;
+        j.Synced[ch] = ChannelSumOf(ref j, ch);
     }
 
     private static void ChannelSquares(void* context, int ch)
     {
         ref BnJob j = ref Unsafe.AsRef<BnJob>(context);
-        double mean = j.Synced[ch], sq = 0;
+        j.Synced[j.C + 1 + ch] = ChannelSquaresOf(ref j, ch, j.Synced[ch]);
+    }
+
+    /// <summary>The sum of channel <paramref name="ch"/> of z over the batch.</summary>
+    private static double ChannelSumOf(ref BnJob j, int ch)
+    {
+        double sum = 0;
+        for (int n = 0; n < j.Batch; n++) sum += Sum(new ReadOnlySpan<float>(j.Z + ((long)n * j.C + ch) * j.Hw, j.Hw));
+        return sum;
+    }
+
+    /// <summary>The sum of squared deviations from <paramref name="mean"/> of channel <paramref name="ch"/> of z over the batch.</summary>
+    private static double ChannelSquaresOf(ref BnJob j, int ch, double mean)
+    {
+        double sq = 0;
         for (int n = 0; n < j.Batch; n++)
         {
             float* p = j.Z + ((long)n * j.C + ch) * j.Hw;
@@ -109,7 +121,7 @@ internal static unsafe class Kernels
                 sq += d * d;
             }
         }
-        j.Synced[j.C + 1 + ch] = sq;
+        return sq;
     }
 
     private static void BatchNormChannel(void* context, int ch)
@@ -118,31 +130,22 @@ internal static unsafe class Kernels
         float* runningMean = j.Bn + 2 * j.C;
         float* runningVar = j.Bn + 3 * j.C;
         double mean, variance;
-        if (j.BatchStatistics && j.Synced != null)
+        if (j.BatchStatistics)
         {
-            double count = j.Synced[j.C];
-            mean = j.Synced[ch];
-            variance = j.Synced[j.C + 1 + ch];
-            runningMean[ch] = (float)((1 - BatchNormMomentum) * runningMean[ch] + BatchNormMomentum * mean);
-            runningVar[ch] = (float)((1 - BatchNormMomentum) * runningVar[ch] + BatchNormMomentum * variance * count / (count - 1));
-        }
-        else if (j.BatchStatistics)
-        {
-            long count = (long)j.Batch * j.Hw;
-            double sum = 0;
-            for (int n = 0; n < j.Batch; n++) sum += Sum(new ReadOnlySpan<float>(j.Z + ((long)n * j.C + ch) * j.Hw, j.Hw));
-            mean = sum / count;
-            double sq = 0;
-            for (int n = 0; n < j.Batch; n++)
+            // This batch's statistics, or with SyncBatchNorm those of every process's batch (summed beforehand).
+            double count;
+            if (j.Synced != null)
             {
-                float* p = j.Z + ((long)n * j.C + ch) * j.Hw;
-                for (int i = 0; i < j.Hw; i++)
-                {
-                    double d = p[i] - mean;
-                    sq += d * d;
-                }
+                count = j.Synced[j.C];
+                mean = j.Synced[ch];
+                variance = j.Synced[j.C + 1 + ch];
             }
-            variance = sq / count;
+            else
+            {
+                count = (double)j.Batch * j.Hw;
+                mean = ChannelSumOf(ref j, ch) / count;
+                variance = ChannelSquaresOf(ref j, ch, mean) / count;
+            }
             runningMean[ch] = (float)((1 - BatchNormMomentum) * runningMean[ch] + BatchNormMomentum * mean);
             runningVar[ch] = (float)((1 - BatchNormMomentum) * runningVar[ch] + BatchNormMomentum * variance * count / (count - 1));
         }

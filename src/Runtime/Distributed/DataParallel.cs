@@ -25,6 +25,9 @@ public sealed unsafe class DataParallel : IDisposable
     private readonly nint[] _requests;
     private int _launched, _completed;
     private float* _gradients;
+    // Made once: hooking them into the network must not allocate every step.
+    private readonly Action<int> _onGradientsReady;
+    private readonly Action<Span<double>> _reduceStatistics;
 
     public DataParallel(IResNet network, Mpi mpi, double bucketMegabytes = 25, bool syncBatchNorm = false)
     {
@@ -35,6 +38,8 @@ public sealed unsafe class DataParallel : IDisposable
         _state = network.State;
         _mpi = mpi;
         SyncBatchNorm = syncBatchNorm;
+        _onGradientsReady = OnGradientsReady;
+        _reduceStatistics = mpi.AllReduceSum;
 
         // Every rank starts from rank 0's weights, statistics and counters.
         mpi.Broadcast(_state.Values);
@@ -102,8 +107,8 @@ public sealed unsafe class DataParallel : IDisposable
         fixed (float* gradients = _state.Gradients)
         {
             _gradients = gradients;
-            _state.GradientsReady = OnGradientsReady;
-            if (SyncBatchNorm) _state.StatisticsReducer = _mpi.AllReduceSum;
+            _state.GradientsReady = _onGradientsReady;
+            if (SyncBatchNorm) _state.StatisticsReducer = _reduceStatistics;
             try
             {
                 loss = Network.ForwardBackward(input, labels, logits);

@@ -46,9 +46,6 @@ public sealed unsafe partial class Mpi : IDisposable
     /// <summary>Initializes MPI for this process (once; later calls return the same instance).</summary>
     public static Mpi Initialize() => s_instance ??= new Mpi();
 
-    /// <summary>True when this process was started by <c>mpirun</c> / <c>mpiexec</c> (Open MPI sets OMPI_COMM_WORLD_SIZE).</summary>
-    public static bool LaunchedByMpirun => Environment.GetEnvironmentVariable("OMPI_COMM_WORLD_SIZE") is not null;
-
     /// <summary>This process's rank in MPI_COMM_WORLD.</summary>
     public int Rank { get; }
 

@@ -223,19 +223,8 @@ public static class Preprocess
     /// </summary>
     public static float[] ImageNetEval(string path, int resize = 256, int crop = 224)
     {
-        using var image = Transforms.Load(path);
-        try
-        {
-            Transforms.Resize(image, resize);
-        }
-        catch (InvalidDataException e)
-        {
-            throw new ImageFileException(path, e.Message, e);
-        }
-        Transforms.CenterCrop(image, crop);
         var tensor = new float[3 * crop * crop];
-        Transforms.ToTensor(image, tensor);
-        Transforms.Normalize(tensor, ImageNetMean, ImageNetStd);
+        ImageNetEvalTransform(resize, crop).Apply(path, tensor, new Random(0)); // deterministic steps: the random source is unused
         return tensor;
     }
 }
