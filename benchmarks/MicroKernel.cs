@@ -22,7 +22,7 @@ internal static unsafe class MicroKernel
             const int reps = 2000;
             for (int r = 0; r < reps; r++)
                 for (int t = 0; t < tiles; t++)
-                    Gemm.Tile(k, a + t * Gemm.MR * k, Gemm.Layout.Packed, b, c + t * Gemm.MR * Gemm.NR, Gemm.NR, Gemm.MR, Gemm.NR, null, null, null, false);
+                    Gemm.Tile(k, a + t * Gemm.MR * k, Gemm.Layout.Packed(Gemm.MR), b, c + t * Gemm.MR * Gemm.NR, Gemm.NR, Gemm.MR, Gemm.NR, null, null, null, false);
             double seconds = Stopwatch.GetElapsedTime(start).TotalSeconds;
             Console.WriteLine($"micro-kernel {Gemm.MR}x{Gemm.NR}, K={k}, one core: {2.0 * Gemm.MR * Gemm.NR * k * tiles * reps / seconds / 1e9:F1} GFLOP/s");
         }

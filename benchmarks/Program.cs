@@ -79,6 +79,7 @@ public static class Program
     public static int Main(string[] args)
     {
         if (args.Contains("--compare")) return Compare();
+        if (args.Contains("--train")) return TrainStep(new ResNet50());
         if (args.Contains("--kernel")) return MicroKernel.Run();
         if (args.Contains("--layers")) return ConvLayers.Run(args.Contains("--batch8") ? 8 : 1);
         BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
@@ -122,7 +123,12 @@ public static class Program
             Console.WriteLine($"compare resnet50-b{batch}: unrolled {ours:F1} ms, onnxruntime {theirs:F1} ms, ratio {ours / theirs:F2}");
         }
 
-        // A training step: forward + backward + SGD (momentum, weight decay) at batch 16, 224x224.
+        return TrainStep(net);
+    }
+
+    /// <summary>A training step: forward + backward + SGD (momentum, weight decay) at batch 16, 224x224.</summary>
+    private static int TrainStep(ResNet50 net)
+    {
         {
             const int batch = 16;
             var input = new float[batch * ResNet50.InputSize];

@@ -34,24 +34,28 @@ internal static unsafe class Backward
         int hw = oh * ow, q = batch * hw;
         int k = cin * kernel * kernel;
         // Pack gz as A [Cout x batch*HW]: row m is image 0's plane m, then image 1's, ...
-        new Span<float>(packedGz, (cout + Gemm.MR - 1) / Gemm.MR * Gemm.MR * q).Clear();
+        new Span<float>(packedGz, Gemm.PackedRows(cout) * q).Clear();
         for (int n = 0; n < batch; n++)
         for (int m = 0; m < cout; m++)
         {
+            Gemm.PanelOf(cout, m, out int start, out int height);
             float* src = gz + ((long)n * cout + m) * hw;
-            float* dst = packedGz + (long)(m / Gemm.MR) * Gemm.MR * q + (long)n * hw * Gemm.MR + m % Gemm.MR;
-            for (int p = 0; p < hw; p++) dst[p * Gemm.MR] = src[p];
+            float* dst = packedGz + (long)start * q + (long)n * hw * height + (m - start);
+            for (int p = 0; p < hw; p++) dst[p * height] = src[p];
         }
         var job = new GatherJob { X = x, ColsT = colsT, Cin = cin, H = h, W = w, OW = ow, Kernel = kernel, Stride = stride, Pad = pad, K = k, Hw = hw };
         WorkerPool.Shared.Run(&GatherRow, &job, q);
-        Gemm.Multiply(packedGz, cout, q, colsT, k, k, dw, k, accumulate: true);
+        Gemm.Multiply(Gemm.Operand.Packed(packedGz), cout, q, colsT, k, k, dw, k, accumulate: true);
     }
+
+    /// <summary>W^T [K x Cout] read in place from the conv weights W [Cout x K]: element (r, j) is W[j, r].</summary>
+    private static Gemm.Operand WeightsTransposed(float* weights, int k) => Gemm.Operand.Strided(weights, 1, k);
 
     /// <summary>
     /// <see cref="ConvData"/> for the whole batch at once, for small maps: gcols [K x batch*HW] = W^T . gz (gz gathered
     /// into <paramref name="gzRows"/> as [Cout x batch*HW]), then col2im into every image's gx.
     /// </summary>
-    public static void ConvDataFolded(float* gz, float* packedWT, float* gx, float* cols, float* gzRows, int batch,
+    public static void ConvDataFolded(float* gz, float* weights, float* gx, float* cols, float* gzRows, int batch,
         int cin, int h, int w, int cout, int oh, int ow, int kernel, int stride, int pad)
     {
         int hw = oh * ow, q = batch * hw;
@@ -59,7 +63,7 @@ internal static unsafe class Backward
         for (int n = 0; n < batch; n++)
         for (int m = 0; m < cout; m++)
             new ReadOnlySpan<float>(gz + ((long)n * cout + m) * hw, hw).CopyTo(new Span<float>(gzRows + (long)m * q + (long)n * hw, hw));
-        Gemm.Multiply(packedWT, k, cout, gzRows, q, q, cols, q, accumulate: false);
+        Gemm.Multiply(WeightsTransposed(weights, k), k, cout, gzRows, q, q, cols, q, accumulate: false);
         var job = new ScatterJob { Cols = cols, Gx = gx, H = h, W = w, OH = oh, OW = ow, Kernel = kernel, Stride = stride, Pad = pad, Cin = cin, Ld = q };
         WorkerPool.Shared.Run(&ScatterChannel, &job, batch * cin);
     }
@@ -101,17 +105,17 @@ internal static unsafe class Backward
     /// Conv data gradient for one image: gx += col2im(W^T . gz). For a 1x1, stride 1, unpadded conv the product
     /// is gx itself and is accumulated directly; otherwise it goes through <paramref name="cols"/> [K x HW].
     /// </summary>
-    public static void ConvData(float* gz, float* packedWT, float* gx, float* cols,
+    public static void ConvData(float* gz, float* weights, float* gx, float* cols,
         int cin, int h, int w, int cout, int oh, int ow, int kernel, int stride, int pad)
     {
         int hw = oh * ow;
         int k = cin * kernel * kernel;
         if (kernel == 1 && stride == 1 && pad == 0)
         {
-            Gemm.Multiply(packedWT, k, cout, gz, hw, hw, gx, hw, accumulate: true);
+            Gemm.Multiply(WeightsTransposed(weights, k), k, cout, gz, hw, hw, gx, hw, accumulate: true);
             return;
         }
-        Gemm.Multiply(packedWT, k, cout, gz, hw, hw, cols, hw, accumulate: false);
+        Gemm.Multiply(WeightsTransposed(weights, k), k, cout, gz, hw, hw, cols, hw, accumulate: false);
         var job = new ScatterJob { Cols = cols, Gx = gx, H = h, W = w, OH = oh, OW = ow, Kernel = kernel, Stride = stride, Pad = pad, Cin = cin, Ld = hw };
         WorkerPool.Shared.Run(&ScatterChannel, &job, cin);
     }
@@ -133,10 +137,21 @@ internal static unsafe class Backward
                 if ((uint)iy >= (uint)j.H) continue;
                 float* src = row + oy * j.OW;
                 float* dst = plane + iy * j.W;
-                for (int ox = 0; ox < j.OW; ox++)
+                // The output columns whose input column ix = ox * stride - pad + kx lies in [0, W).
+                int ix0 = kx - j.Pad;
+                int lo = ix0 >= 0 ? 0 : (-ix0 + j.Stride - 1) / j.Stride;
+                int hi = ix0 >= j.W ? 0 : Math.Min(j.OW, (j.W - 1 - ix0) / j.Stride + 1);
+                if (j.Stride == 1)
                 {
-                    int ix = ox * j.Stride - j.Pad + kx;
-                    if ((uint)ix < (uint)j.W) dst[ix] += src[ox];
+                    int ox = lo;
+                    float* d = dst + ix0;
+                    for (; ox <= hi - Vector<float>.Count; ox += Vector<float>.Count)
+                        Unsafe.WriteUnaligned(d + ox, Unsafe.ReadUnaligned<Vector<float>>(d + ox) + Unsafe.ReadUnaligned<Vector<float>>(src + ox));
+                    for (; ox < hi; ox++) d[ox] += src[ox];
+                }
+                else
+                {
+                    for (int ox = lo; ox < hi; ox++) dst[ox * j.Stride + ix0] += src[ox];
                 }
             }
         }
@@ -177,29 +192,43 @@ internal static unsafe class Backward
     {
         ref BnJob j = ref Unsafe.AsRef<BnJob>(context);
         float mean = j.Mean[ch], invStd = j.InvStd[ch];
+        var vMean = new Vector<float>(mean);
+        var vInvStd = new Vector<float>(invStd);
         double sumG = 0, sumGx = 0;
         for (int n = 0; n < j.Batch; n++)
         {
             long at = ((long)n * j.C + ch) * j.Hw;
             float* g = j.G + at, z = j.Z + at, a = j.A + at;
             float* gr = j.GResidual == null ? null : j.GResidual + at;
-            float partG = 0, partGx = 0;
-            for (int i = 0; i < j.Hw; i++)
+            // Vector partial sums in float over runs of at most 256 elements, accumulated in double.
+            int i = 0;
+            while (i <= j.Hw - Vector<float>.Count)
+            {
+                var partG = Vector<float>.Zero;
+                var partGx = Vector<float>.Zero;
+                int end = Math.Min(j.Hw - Vector<float>.Count, i + 256 - Vector<float>.Count);
+                for (; i <= end; i += Vector<float>.Count)
+                {
+                    var gi = Unsafe.ReadUnaligned<Vector<float>>(g + i);
+                    // The ReLU's mask: no gradient where a <= 0 (or is NaN).
+                    if (j.Relu) gi = Vector.ConditionalSelect(Vector.GreaterThan(Unsafe.ReadUnaligned<Vector<float>>(a + i), Vector<float>.Zero), gi, Vector<float>.Zero);
+                    Unsafe.WriteUnaligned(g + i, gi);
+                    if (gr != null) Unsafe.WriteUnaligned(gr + i, Unsafe.ReadUnaligned<Vector<float>>(gr + i) + gi);
+                    partG += gi;
+                    partGx += gi * ((Unsafe.ReadUnaligned<Vector<float>>(z + i) - vMean) * vInvStd);
+                }
+                sumG += Vector.Sum(partG);
+                sumGx += Vector.Sum(partGx);
+            }
+            for (; i < j.Hw; i++)
             {
                 float gi = g[i];
                 if (j.Relu && !(a[i] > 0f)) gi = 0f;
                 g[i] = gi;
                 if (gr != null) gr[i] += gi;
-                partG += gi;
-                partGx += gi * (z[i] - mean) * invStd;
-                if ((i & 255) == 255)
-                {
-                    sumG += partG; sumGx += partGx;
-                    partG = 0; partGx = 0;
-                }
+                sumG += gi;
+                sumGx += gi * ((z[i] - mean) * invStd);
             }
-            sumG += partG;
-            sumGx += partGx;
         }
         j.DGamma[ch] += (float)sumGx;
         j.DBeta[ch] += (float)sumG;
@@ -215,11 +244,23 @@ internal static unsafe class Backward
         float scale = j.Gamma[ch] * invStd;
         float meanG = j.BatchStatistics ? (float)(j.Sums[ch] / count) : 0f;
         float meanGx = j.BatchStatistics ? (float)(j.Sums[j.C + ch] / count) : 0f;
+        // g = scale * (g - meanG - xhat * meanGx) with xhat = (z - mean) * invStd.
+        var vScale = new Vector<float>(scale);
+        var vMeanG = new Vector<float>(meanG);
+        var vMeanGx = new Vector<float>(meanGx);
+        var vMean = new Vector<float>(mean);
+        var vInvStd = new Vector<float>(invStd);
         for (int n = 0; n < j.Batch; n++)
         {
             long at = ((long)n * j.C + ch) * j.Hw;
             float* g = j.G + at, z = j.Z + at;
-            for (int i = 0; i < j.Hw; i++)
+            int i = 0;
+            for (; i <= j.Hw - Vector<float>.Count; i += Vector<float>.Count)
+            {
+                var xhat = (Unsafe.ReadUnaligned<Vector<float>>(z + i) - vMean) * vInvStd;
+                Unsafe.WriteUnaligned(g + i, vScale * (Unsafe.ReadUnaligned<Vector<float>>(g + i) - vMeanG - xhat * vMeanGx));
+            }
+            for (; i < j.Hw; i++)
                 g[i] = scale * (g[i] - meanG - (z[i] - mean) * invStd * meanGx);
         }
     }

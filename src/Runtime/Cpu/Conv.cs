@@ -45,7 +45,7 @@ internal static unsafe class Conv
         bool fold = batch > 1 && hw <= FoldBelow;
         int n = fold ? batch * hw : hw;
         int columnPanels = (n + Gemm.NR - 1) / Gemm.NR;
-        int rowPanels = (cout + Gemm.MR - 1) / Gemm.MR;
+        int rowPanels = Gemm.RowPanelCount(cout);
         int threads = WorkerPool.Shared.Threads;
         // Enough items to balance the cores; row chunks are cheap now that they share the packed columns.
         int rowChunks = Math.Clamp((4 * threads + columnPanels - 1) / columnPanels, 1, rowPanels);
@@ -126,12 +126,12 @@ internal static unsafe class Conv
         int cols = Math.Min(Gemm.NR, j.N - n0);
         float* b = j.Packed + (long)panel * j.K * Gemm.NR;
         int firstRowPanel = chunk * j.PanelsPerChunk;
-        int lastRowPanel = Math.Min(firstRowPanel + j.PanelsPerChunk, (j.Cout + Gemm.MR - 1) / Gemm.MR);
+        int lastRowPanel = Math.Min(firstRowPanel + j.PanelsPerChunk, Gemm.RowPanelCount(j.Cout));
         for (int rp = firstRowPanel; rp < lastRowPanel; rp++)
         {
-            int m0 = rp * Gemm.MR;
+            int m0 = Gemm.PanelStart(j.Cout, rp), height = Gemm.PanelHeight(j.Cout, rp);
             long at = (long)m0 * j.N + n0;
-            Gemm.Tile(j.K, j.A + (long)m0 * j.K, j.PackedA ? Gemm.Layout.Packed : Gemm.Layout.RowMajor(j.K), b, j.Y + at, j.N, Math.Min(Gemm.MR, j.Cout - m0), cols,
+            Gemm.Tile(j.K, j.A + (long)m0 * j.K, j.PackedA ? Gemm.Layout.Packed(height) : Gemm.Layout.RowMajor(j.K), b, j.Y + at, j.N, Math.Min(height, j.Cout - m0), cols,
                 j.Scale == null ? null : j.Scale + m0, j.Bias == null ? null : j.Bias + m0, j.Residual == null ? null : j.Residual + at, j.Relu);
         }
     }

@@ -14,28 +14,74 @@ namespace Unrolled.Cpu;
 /// </summary>
 internal static unsafe class Gemm
 {
-    public const int MR = 8;
+    /// <summary>Rows of the main micro-kernel's tile (24 zmm accumulators with <see cref="NR"/>).</summary>
+    public const int MR = 12;
+    /// <summary>Rows of the remainder kernel's tile, for the rows a multiple of <see cref="MR"/> leaves.</summary>
+    public const int MRSmall = 8;
     public const int NR = 32;
 
-    /// <summary>Packs a row-major [M x K] matrix into MR-row panels ([panel][k][MR]), zero-padding the last panel.</summary>
+    // A's rows are cut into panels: as many full panels of MR rows as fit, then one or two of MRSmall for the rest
+    // (the channel counts of ResNets are multiples of 8 and 4, never of 12: 64 = 5 x 12 + 4, 256 = 21 x 12 + 4).
+
+    /// <summary>How many row panels an M-row operand has.</summary>
+    public static int RowPanelCount(int m)
+    {
+        int rest = m % MR;
+        return m / MR + (rest == 0 ? 0 : rest <= MRSmall ? 1 : 2);
+    }
+
+    /// <summary>The first row of panel <paramref name="panel"/>; in a packed operand the panel starts at element start * K.</summary>
+    public static int PanelStart(int m, int panel)
+    {
+        int full = m / MR;
+        return panel <= full ? panel * MR : full * MR + (panel - full) * MRSmall;
+    }
+
+    /// <summary>The rows panel <paramref name="panel"/> holds when packed (MR or MRSmall; the last may be part padding).</summary>
+    public static int PanelHeight(int m, int panel) => panel < m / MR ? MR : MRSmall;
+
+    /// <summary>Rows of the packed operand, padding included: a packed [M x K] operand has PackedRows(M) * K elements.</summary>
+    public static int PackedRows(int m)
+    {
+        int panels = RowPanelCount(m);
+        return PanelStart(m, panels - 1) + PanelHeight(m, panels - 1);
+    }
+
+    /// <summary>Where row <paramref name="row"/> is in a packed operand: its panel's first row and height.</summary>
+    public static void PanelOf(int m, int row, out int start, out int height)
+    {
+        int full = m / MR;
+        if (row < full * MR)
+        {
+            start = row / MR * MR;
+            height = MR;
+        }
+        else
+        {
+            start = full * MR + (row - full * MR) / MRSmall * MRSmall;
+            height = MRSmall;
+        }
+    }
+
+    /// <summary>Packs a row-major [M x K] matrix into row panels ([panel][k][height]), zero-padding the last panel.</summary>
     public static void PackA(ReadOnlySpan<float> a, int m, int k, Span<float> packed)
     {
-        int panels = (m + MR - 1) / MR;
-        packed = packed.Slice(0, panels * MR * k);
+        packed = packed.Slice(0, PackedRows(m) * k);
         packed.Clear();
         for (int row = 0; row < m; row++)
         {
+            PanelOf(m, row, out int start, out int height);
             var src = a.Slice(row * k, k);
-            var dst = packed.Slice(row / MR * MR * k + row % MR);
-            for (int kk = 0; kk < k; kk++) dst[kk * MR] = src[kk];
+            var dst = packed.Slice(start * k + row - start);
+            for (int kk = 0; kk < k; kk++) dst[kk * height] = src[kk];
         }
     }
 
     /// <summary>Where the MR rows of an A operand are: element (r, kk) is at a[r * RowStride + kk * KStride].</summary>
-    /// <remarks>A packed panel has (1, MR); row-major weights [M x K] read in place have (K, 1).</remarks>
+    /// <remarks>A packed panel has (1, height); row-major weights [M x K] read in place have (K, 1).</remarks>
     public readonly record struct Layout(int RowStride, int KStride)
     {
-        public static Layout Packed => new(1, MR);
+        public static Layout Packed(int height) => new(1, height);
         public static Layout RowMajor(int k) => new(k, 1);
     }
 
@@ -52,7 +98,8 @@ internal static unsafe class Gemm
     {
         if (Vector512.IsHardwareAccelerated)
         {
-            Tile512(k, a, layout, b, c, ldc, rows, cols, scale, bias, residual, relu);
+            if (rows == MR) Tile512x12(k, a, layout, b, c, ldc, cols, scale, bias, residual, relu);
+            else Tile512x8(k, a, layout, b, c, ldc, rows, cols, scale, bias, residual, relu);
             return;
         }
 
@@ -77,13 +124,97 @@ internal static unsafe class Gemm
         Store(acc, c, ldc, rows, cols, scale, bias, residual, relu);
     }
 
+    /// <summary>
+    /// The main kernel: 12 rows x 32 columns in 24 zmm accumulators; per k step two loads of B, twelve broadcasts
+    /// of A and 24 FMAs. The rows are addressed from four bases (rows 0, 3, 6, 9) plus 0, 1 or 2 row strides, so
+    /// that in-place weights (row stride K) and packed panels (row stride 1) share one loop without running out
+    /// of general registers.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Tile512(int k, float* a, Layout layout, float* b, float* c, int ldc, int rows, int cols,
+    private static void Tile512x12(int k, float* a, Layout layout, float* b, float* c, int ldc, int cols,
         float* scale, float* bias, float* residual, bool relu)
     {
         // The edge tile's scratch is fetched before the loop: no call (nor stackalloc) may come after the
-        // accumulators are live, or the AOT compiler spills all sixteen to memory on every k step.
-        float* acc = rows != MR || cols != NR ? EdgeTile() : null;
+        // accumulators are live, or the AOT compiler spills them to memory on every k step.
+        float* acc = cols != NR ? EdgeTile() : null;
+        nint rs = layout.RowStride, rs2 = 2 * rs;
+        float* p0 = a, p3 = a + 3 * rs, p6 = a + 6 * rs, p9 = a + 9 * rs;
+        nint step = layout.KStride;
+        Vector512<float> c00 = default, c01 = default, c10 = default, c11 = default, c20 = default, c21 = default;
+        Vector512<float> c30 = default, c31 = default, c40 = default, c41 = default, c50 = default, c51 = default;
+        Vector512<float> c60 = default, c61 = default, c70 = default, c71 = default, c80 = default, c81 = default;
+        Vector512<float> c90 = default, c91 = default, ca0 = default, ca1 = default, cb0 = default, cb1 = default;
+        for (int kk = 0; kk < k; kk++)
+        {
+            var b0 = Vector512.Load(b);
+            var b1 = Vector512.Load(b + 16);
+            var x = Vector512.Create(p0[0]);
+            c00 = Vector512.FusedMultiplyAdd(x, b0, c00); c01 = Vector512.FusedMultiplyAdd(x, b1, c01);
+            x = Vector512.Create(p0[rs]);
+            c10 = Vector512.FusedMultiplyAdd(x, b0, c10); c11 = Vector512.FusedMultiplyAdd(x, b1, c11);
+            x = Vector512.Create(p0[rs2]);
+            c20 = Vector512.FusedMultiplyAdd(x, b0, c20); c21 = Vector512.FusedMultiplyAdd(x, b1, c21);
+            x = Vector512.Create(p3[0]);
+            c30 = Vector512.FusedMultiplyAdd(x, b0, c30); c31 = Vector512.FusedMultiplyAdd(x, b1, c31);
+            x = Vector512.Create(p3[rs]);
+            c40 = Vector512.FusedMultiplyAdd(x, b0, c40); c41 = Vector512.FusedMultiplyAdd(x, b1, c41);
+            x = Vector512.Create(p3[rs2]);
+            c50 = Vector512.FusedMultiplyAdd(x, b0, c50); c51 = Vector512.FusedMultiplyAdd(x, b1, c51);
+            x = Vector512.Create(p6[0]);
+            c60 = Vector512.FusedMultiplyAdd(x, b0, c60); c61 = Vector512.FusedMultiplyAdd(x, b1, c61);
+            x = Vector512.Create(p6[rs]);
+            c70 = Vector512.FusedMultiplyAdd(x, b0, c70); c71 = Vector512.FusedMultiplyAdd(x, b1, c71);
+            x = Vector512.Create(p6[rs2]);
+            c80 = Vector512.FusedMultiplyAdd(x, b0, c80); c81 = Vector512.FusedMultiplyAdd(x, b1, c81);
+            x = Vector512.Create(p9[0]);
+            c90 = Vector512.FusedMultiplyAdd(x, b0, c90); c91 = Vector512.FusedMultiplyAdd(x, b1, c91);
+            x = Vector512.Create(p9[rs]);
+            ca0 = Vector512.FusedMultiplyAdd(x, b0, ca0); ca1 = Vector512.FusedMultiplyAdd(x, b1, ca1);
+            x = Vector512.Create(p9[rs2]);
+            cb0 = Vector512.FusedMultiplyAdd(x, b0, cb0); cb1 = Vector512.FusedMultiplyAdd(x, b1, cb1);
+            p0 += step; p3 += step; p6 += step; p9 += step;
+            b += NR;
+        }
+
+        if (acc == null)
+        {
+            Row512(c00, c01, c + 0 * ldc, Scale(scale, 0), Bias(bias, 0), residual == null ? null : residual + 0 * ldc, relu);
+            Row512(c10, c11, c + 1 * ldc, Scale(scale, 1), Bias(bias, 1), residual == null ? null : residual + 1 * ldc, relu);
+            Row512(c20, c21, c + 2 * ldc, Scale(scale, 2), Bias(bias, 2), residual == null ? null : residual + 2 * ldc, relu);
+            Row512(c30, c31, c + 3 * ldc, Scale(scale, 3), Bias(bias, 3), residual == null ? null : residual + 3 * ldc, relu);
+            Row512(c40, c41, c + 4 * ldc, Scale(scale, 4), Bias(bias, 4), residual == null ? null : residual + 4 * ldc, relu);
+            Row512(c50, c51, c + 5 * ldc, Scale(scale, 5), Bias(bias, 5), residual == null ? null : residual + 5 * ldc, relu);
+            Row512(c60, c61, c + 6 * ldc, Scale(scale, 6), Bias(bias, 6), residual == null ? null : residual + 6 * ldc, relu);
+            Row512(c70, c71, c + 7 * ldc, Scale(scale, 7), Bias(bias, 7), residual == null ? null : residual + 7 * ldc, relu);
+            Row512(c80, c81, c + 8 * ldc, Scale(scale, 8), Bias(bias, 8), residual == null ? null : residual + 8 * ldc, relu);
+            Row512(c90, c91, c + 9 * ldc, Scale(scale, 9), Bias(bias, 9), residual == null ? null : residual + 9 * ldc, relu);
+            Row512(ca0, ca1, c + 10 * ldc, Scale(scale, 10), Bias(bias, 10), residual == null ? null : residual + 10 * ldc, relu);
+            Row512(cb0, cb1, c + 11 * ldc, Scale(scale, 11), Bias(bias, 11), residual == null ? null : residual + 11 * ldc, relu);
+            return;
+        }
+
+        // Edge tile: spill to this thread's scratch tile, then store the valid columns.
+        c00.Store(acc + 0 * NR); c01.Store(acc + 0 * NR + 16);
+        c10.Store(acc + 1 * NR); c11.Store(acc + 1 * NR + 16);
+        c20.Store(acc + 2 * NR); c21.Store(acc + 2 * NR + 16);
+        c30.Store(acc + 3 * NR); c31.Store(acc + 3 * NR + 16);
+        c40.Store(acc + 4 * NR); c41.Store(acc + 4 * NR + 16);
+        c50.Store(acc + 5 * NR); c51.Store(acc + 5 * NR + 16);
+        c60.Store(acc + 6 * NR); c61.Store(acc + 6 * NR + 16);
+        c70.Store(acc + 7 * NR); c71.Store(acc + 7 * NR + 16);
+        c80.Store(acc + 8 * NR); c81.Store(acc + 8 * NR + 16);
+        c90.Store(acc + 9 * NR); c91.Store(acc + 9 * NR + 16);
+        ca0.Store(acc + 10 * NR); ca1.Store(acc + 10 * NR + 16);
+        cb0.Store(acc + 11 * NR); cb1.Store(acc + 11 * NR + 16);
+        Store(acc, c, ldc, MR, cols, scale, bias, residual, relu);
+    }
+
+    /// <summary>The remainder kernel: up to 8 rows x 32 columns in 16 zmm accumulators.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Tile512x8(int k, float* a, Layout layout, float* b, float* c, int ldc, int rows, int cols,
+        float* scale, float* bias, float* residual, bool relu)
+    {
+        float* acc = rows != MRSmall || cols != NR ? EdgeTile() : null;
         // One base per row; rows past the edge repeat the last real row (their results are not stored).
         long rs = layout.RowStride;
         float* a0 = a, a1 = a + rs * Math.Min(1, rows - 1), a2 = a + rs * Math.Min(2, rows - 1), a3 = a + rs * Math.Min(3, rows - 1);
@@ -196,42 +327,79 @@ internal static unsafe class Gemm
 
     [ThreadStatic] internal static Scratch t_panel;
 
-    /// <summary>Packs the transpose of a row-major [rows x cols] matrix (W^T for the data gradient) into MR-row panels.</summary>
+    /// <summary>Packs the transpose of a row-major [rows x cols] matrix (W^T for the data gradient) into row panels.</summary>
     public static void PackATransposed(ReadOnlySpan<float> a, int rows, int cols, Span<float> packed)
     {
         // The packed matrix is A^T: cols x rows.
-        int panels = (cols + MR - 1) / MR;
-        packed = packed.Slice(0, panels * MR * rows);
+        packed = packed.Slice(0, PackedRows(cols) * rows);
         packed.Clear();
-        for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++)
         {
-            var src = a.Slice(r * cols, cols);
-            for (int c = 0; c < cols; c++) packed[c / MR * MR * rows + r * MR + c % MR] = src[c];
+            PanelOf(cols, c, out int start, out int height);
+            var dst = packed.Slice(start * rows + c - start);
+            for (int r = 0; r < rows; r++) dst[r * height] = a[r * cols + c];
+        }
+    }
+
+    /// <summary>
+    /// An A operand [M x K] for <see cref="Multiply"/>: packed by <see cref="PackA"/>, or read in place with element
+    /// (r, kk) at Data[r * RowStride + kk * KStride] (W [Cout x K] is (K, 1); its transpose W^T is (1, K)).
+    /// </summary>
+    public readonly struct Operand
+    {
+        private readonly float* _data;
+        private readonly int _rowStride, _kStride;
+        private readonly bool _packed;
+
+        private Operand(float* data, int rowStride, int kStride, bool packed)
+        {
+            _data = data;
+            _rowStride = rowStride;
+            _kStride = kStride;
+            _packed = packed;
+        }
+
+        public static Operand Packed(float* data) => new(data, 0, 0, true);
+
+        public static Operand Strided(float* data, int rowStride, int kStride) => new(data, rowStride, kStride, false);
+
+        /// <summary>Where row panel <paramref name="panel"/> of this [M x K] operand starts, and how its rows lie.</summary>
+        public float* Panel(int m, int k, int panel, out Layout layout)
+        {
+            int start = PanelStart(m, panel);
+            if (_packed)
+            {
+                layout = Layout.Packed(PanelHeight(m, panel));
+                return _data + (long)start * k;
+            }
+            layout = new Layout(_rowStride, _kStride);
+            return _data + (long)start * _rowStride;
         }
     }
 
     private struct MultiplyJob
     {
-        public float* A, B, C;
+        public Operand A;
+        public float* B, C;
         public int M, K, N, Ldb, Ldc, ColumnPanels, RowChunks, PanelsPerChunk;
         public bool Accumulate;
     }
 
     /// <summary>
-    /// C[M x N] (+)= A[M x K] . B[K x N] on every core: A packed in MR-row panels ([panel][k][MR]), B row-major with row
+    /// C[M x N] (+)= A[M x K] . B[K x N] on every core: A as <paramref name="a"/> says, B row-major with row
     /// stride <paramref name="ldb"/>, C row-major with row stride <paramref name="ldc"/>.
     /// </summary>
-    public static void Multiply(float* packedA, int m, int k, float* b, int ldb, int n, float* c, int ldc, bool accumulate)
+    public static void Multiply(Operand a, int m, int k, float* b, int ldb, int n, float* c, int ldc, bool accumulate)
     {
         int columnPanels = (n + NR - 1) / NR;
-        int rowPanels = (m + MR - 1) / MR;
+        int rowPanels = RowPanelCount(m);
         int threads = WorkerPool.Shared.Threads;
         int rowChunks = Math.Clamp((8 * threads + columnPanels - 1) / columnPanels, 1, rowPanels);
         int panelsPerChunk = (rowPanels + rowChunks - 1) / rowChunks;
         rowChunks = (rowPanels + panelsPerChunk - 1) / panelsPerChunk;
         var job = new MultiplyJob
         {
-            A = packedA, B = b, C = c, M = m, K = k, N = n, Ldb = ldb, Ldc = ldc,
+            A = a, B = b, C = c, M = m, K = k, N = n, Ldb = ldb, Ldc = ldc,
             ColumnPanels = columnPanels, RowChunks = rowChunks, PanelsPerChunk = panelsPerChunk, Accumulate = accumulate,
         };
         WorkerPool.Shared.Run(&MultiplyItem, &job, columnPanels * rowChunks);
@@ -245,19 +413,32 @@ internal static unsafe class Gemm
         int n0 = panel * NR;
         int cols = Math.Min(NR, j.N - n0);
         float* bp = t_panel.Get((long)j.K * NR);
-        for (int kk = 0; kk < j.K; kk++)
+        float* src = j.B + n0;
+        if (cols == NR && Vector512.IsHardwareAccelerated)
         {
-            float* dst = bp + (long)kk * NR;
-            new ReadOnlySpan<float>(j.B + (long)kk * j.Ldb + n0, cols).CopyTo(new Span<float>(dst, cols));
-            if (cols < NR) new Span<float>(dst + cols, NR - cols).Clear();
+            for (int kk = 0; kk < j.K; kk++, src += j.Ldb)
+            {
+                Vector512.Store(Vector512.Load(src), bp + (long)kk * NR);
+                Vector512.Store(Vector512.Load(src + 16), bp + (long)kk * NR + 16);
+            }
+        }
+        else
+        {
+            for (int kk = 0; kk < j.K; kk++, src += j.Ldb)
+            {
+                float* dst = bp + (long)kk * NR;
+                new ReadOnlySpan<float>(src, cols).CopyTo(new Span<float>(dst, cols));
+                if (cols < NR) new Span<float>(dst + cols, NR - cols).Clear();
+            }
         }
         int first = chunk * j.PanelsPerChunk;
-        int last = Math.Min(first + j.PanelsPerChunk, (j.M + MR - 1) / MR);
+        int last = Math.Min(first + j.PanelsPerChunk, RowPanelCount(j.M));
         for (int rp = first; rp < last; rp++)
         {
-            int m0 = rp * MR;
+            int m0 = PanelStart(j.M, rp), height = PanelHeight(j.M, rp);
             float* c = j.C + (long)m0 * j.Ldc + n0;
-            Tile(j.K, j.A + (long)rp * MR * j.K, Layout.Packed, bp, c, j.Ldc, Math.Min(MR, j.M - m0), cols, null, null, j.Accumulate ? c : null, false);
+            float* a = j.A.Panel(j.M, j.K, rp, out var layout);
+            Tile(j.K, a, layout, bp, c, j.Ldc, Math.Min(height, j.M - m0), cols, null, null, j.Accumulate ? c : null, false);
         }
     }
 

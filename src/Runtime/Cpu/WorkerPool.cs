@@ -39,8 +39,12 @@ internal sealed unsafe class WorkerPool
     private delegate*<object, int, void> _objectFn;
     private object? _state;
     private int _count;
-    private int _next;
-    private int _running;
+    // The job's generation (high 32 bits) and its next unclaimed item (low 32 bits): an item is claimed by a
+    // compare-exchange that also checks the generation, so a worker that wakes late can never take an item of
+    // a job other than the one it saw; and the caller waits for the items to be done, not for every worker to
+    // have looked (a worker the OS has not scheduled costs nothing).
+    private long _ticket;
+    private int _done;
     private int _generation;
     private ExceptionDispatchInfo? _error;
 
@@ -86,15 +90,16 @@ internal sealed unsafe class WorkerPool
             _objectFn = objectFn;
             _state = state;
             _count = count;
-            _next = 0;
             _error = null;
-            Volatile.Write(ref _running, _wake.Length);
-            Interlocked.Increment(ref _generation); // publishes the job (a full fence)
+            Volatile.Write(ref _done, 0);
+            int generation = _generation + 1;
+            Volatile.Write(ref _ticket, (long)generation << 32);
+            Interlocked.Exchange(ref _generation, generation); // publishes the job (a full fence)
             for (int i = 0; i < _wake.Length; i++)
                 if (Volatile.Read(ref _sleeping[i]) != 0) _wake[i].Release();
-            Execute();
+            Execute(generation);
             var spin = new SpinWait();
-            while (Volatile.Read(ref _running) != 0) spin.SpinOnce(-1);
+            while (Volatile.Read(ref _done) != count) spin.SpinOnce(-1);
             _fn = null;
             _context = null;
             _objectFn = null;
@@ -103,21 +108,25 @@ internal sealed unsafe class WorkerPool
         }
     }
 
-    private void Execute()
+    /// <summary>Claims and runs items of job <paramref name="generation"/> until none is left.</summary>
+    private void Execute(int generation)
     {
-        try
+        while (true)
         {
-            int i;
-            while ((i = Interlocked.Increment(ref _next) - 1) < _count)
+            long ticket = Volatile.Read(ref _ticket);
+            if ((int)(ticket >> 32) != generation || (int)ticket >= Volatile.Read(ref _count)) return;
+            if (Interlocked.CompareExchange(ref _ticket, ticket + 1, ticket) != ticket) continue;
+            // Item (int)ticket is ours; the job cannot finish before it is done, so its fields stay as they are.
+            try
             {
-                if (_fn != null) _fn(_context, i);
-                else _objectFn(_state!, i);
+                if (_fn != null) _fn(_context, (int)ticket);
+                else _objectFn(_state!, (int)ticket);
             }
-        }
-        catch (Exception e)
-        {
-            _error ??= ExceptionDispatchInfo.Capture(e);
-            Volatile.Write(ref _next, int.MaxValue / 2);
+            catch (Exception e)
+            {
+                Interlocked.CompareExchange(ref _error, ExceptionDispatchInfo.Capture(e), null);
+            }
+            Interlocked.Increment(ref _done);
         }
     }
 
@@ -147,8 +156,7 @@ internal sealed unsafe class WorkerPool
                 spinUntil = Stopwatch.GetTimestamp() + SpinTicks;
             }
             seen = Volatile.Read(ref _generation);
-            Execute();
-            Interlocked.Decrement(ref _running);
+            Execute(seen);
         }
     }
 }

@@ -27,14 +27,11 @@ public sealed unsafe class NetworkState
     // per conv, eval-mode BatchNorm as the scale and bias the convolution's store applies,
     private readonly float[][] _scale;
     private readonly float[][] _bias;
-    // and, for training, W packed for the forward (the large batches of training run faster on packed panels than on
-    // the weights read in place; inference keeps one copy of the weights) and W^T packed for the data gradient.
-    private float[][]? _packedForward;
-    private float[][]? _packedTransposed;
+    // Training reads them in place too: W with row stride K for the forward, W^T as (row stride 1, k stride K) for
+    // the data gradient; packing both after every optimizer step cost more than it saved.
     private long _weightsVersion;
     private long _statisticsVersion;
     private (long Weights, long Statistics) _preparedScale = (-1, -1);
-    private long _preparedTransposed = -1;
 
     // Per conv: the mean and 1/sqrt(var + eps) its BatchNorm used in the last training forward.
     private readonly float[][] _bnMean;
@@ -113,8 +110,6 @@ public sealed unsafe class NetworkState
                 throw new ArgumentOutOfRangeException(nameof(requested), requested, "expected Device.Cpu, Device.Auto or Device.Cuda");
         }
     }
-
-    private static int Padded(int rows) => (rows + Gemm.MR - 1) / Gemm.MR * Gemm.MR;
 
     public Device Device { get; }
 
@@ -401,15 +396,14 @@ public sealed unsafe class NetworkState
         Ensure(ref _columns, _spec.MaxColumns, "im2col scratch", _spec.Name, batch);
         _batchStatistics = IsTraining;
         if (_batchStatistics) BackUpStatistics();
-        Prepare(transposed: true);
         gradients = _gradientArena.AsSpan(0, (int)grads);
         return _trainArena.AsSpan(0, (int)saved);
     }
 
-    private void Prepare(bool transposed = false)
+    private void Prepare()
     {
         // Eval mode: BatchNorm with its running statistics is a per-channel scale and bias (a few thousand values).
-        if (!IsTraining && !transposed && _preparedScale != (_weightsVersion, _statisticsVersion))
+        if (!IsTraining && _preparedScale != (_weightsVersion, _statisticsVersion))
         {
             for (int i = 0; i < _spec.Convs.Length; i++)
             {
@@ -418,33 +412,6 @@ public sealed unsafe class NetworkState
             }
             _preparedScale = (_weightsVersion, _statisticsVersion);
         }
-
-        // Training: W and W^T packed once per weight change, one conv and direction per work item on every core.
-        if (transposed && _preparedTransposed != _weightsVersion)
-        {
-            if (_packedTransposed is null)
-            {
-                _packedForward = new float[_spec.Convs.Length][];
-                _packedTransposed = new float[_spec.Convs.Length][];
-                for (int i = 0; i < _spec.Convs.Length; i++)
-                {
-                    var c = _spec.Convs[i];
-                    _packedForward[i] = new float[Padded(c.OutChannels) * c.K];
-                    _packedTransposed[i] = new float[Padded(c.K) * c.OutChannels];
-                }
-            }
-            WorkerPool.Shared.Run(&PackForTraining, this, 2 * _spec.Convs.Length);
-            _preparedTransposed = _weightsVersion;
-        }
-    }
-
-    private static void PackForTraining(object state, int item)
-    {
-        var self = (NetworkState)state;
-        int i = item >> 1;
-        var c = self._spec.Convs[i];
-        if ((item & 1) == 0) Gemm.PackA(self.Weights(c), c.OutChannels, c.K, self._packedForward![i]);
-        else Gemm.PackATransposed(self.Weights(c), c.OutChannels, c.K, self._packedTransposed![i]);
     }
 
     // ---------------------------------------------------------------- the kernels the generated code calls
@@ -483,10 +450,8 @@ public sealed unsafe class NetworkState
         bool batchStatistics = IsTraining;
         if (batchStatistics && (long)batch * oh * ow <= 1)
             throw new ArgumentException($"{_spec.Name}: train-mode BatchNorm needs more than one value per channel (PyTorch's rule); a batch of {batch} at {oh}x{ow} has one. Use a larger batch or Eval().");
-        // A training step packed the weights (BeginTraining); a train-mode Forward alone reads them in place.
-        bool packed = _packedForward is not null && _preparedTransposed == _weightsVersion;
-        Cpu.Conv.Forward(x, z, ReadOnlySpan<float>.Empty, packed ? _packedForward![index] : Weights(c), ReadOnlySpan<float>.Empty, ReadOnlySpan<float>.Empty,
-            batch, cin, h, w, cout, oh, ow, kernel, stride, pad, relu: false, packedWeights: packed);
+        Cpu.Conv.Forward(x, z, ReadOnlySpan<float>.Empty, Weights(c), ReadOnlySpan<float>.Empty, ReadOnlySpan<float>.Empty,
+            batch, cin, h, w, cout, oh, ow, kernel, stride, pad, relu: false);
         Kernels.BatchNormForward(z, a, residual, ValueArray.AsSpan((int)c.BatchNorm, 4 * cout), _bnMean[index], _bnInvStd[index],
             batch, cout, oh * ow, relu, batchStatistics, BnSums(cout), StatisticsReducer);
         if (batchStatistics)
@@ -509,11 +474,11 @@ public sealed unsafe class NetworkState
         bool fold = batch > 1 && hw <= Cpu.Conv.FoldBelow;
         long columns = fold ? (long)batch * hw : hw;
         // Scratch grows during the first step only.
-        if (_packedGradient.Length < Padded(cout) * columns) _packedGradient = new float[Padded(cout) * columns];
+        if (_packedGradient.Length < Gemm.PackedRows(cout) * columns) _packedGradient = new float[Gemm.PackedRows(cout) * columns];
         if (_columns.Length < columns * c.K) _columns = new float[columns * c.K];
         if (fold && _gradientRows.Length < cout * columns) _gradientRows = new float[cout * columns];
         fixed (float* px = x, pz = z, pa = a, pg = g, pgr = gResidual, pgx = gx, pvalues = ValueArray, pgrads = Gradients,
-               pmean = _bnMean[index], pinv = _bnInvStd[index], pwt = _packedTransposed![index], pcols = _columns, pgz = _packedGradient)
+               pmean = _bnMean[index], pinv = _bnInvStd[index], pcols = _columns, pgz = _packedGradient)
         fixed (double* psums = BnSums(cout))
         {
             Cpu.Backward.BatchNorm(pz, pa, pg, gResidual.IsEmpty ? null : pgr, pvalues + c.BatchNorm, pmean, pinv,
@@ -523,7 +488,7 @@ public sealed unsafe class NetworkState
                 Cpu.Backward.ConvFilterFolded(px, pg, pgrads + c.Weight, pcols, pgz, batch, cin, h, w, cout, oh, ow, kernel, stride, pad);
                 if (!gx.IsEmpty)
                     fixed (float* prows = _gradientRows)
-                        Cpu.Backward.ConvDataFolded(pg, pwt, pgx, pcols, prows, batch, cin, h, w, cout, oh, ow, kernel, stride, pad);
+                        Cpu.Backward.ConvDataFolded(pg, pvalues + c.Weight, pgx, pcols, prows, batch, cin, h, w, cout, oh, ow, kernel, stride, pad);
             }
             else
             {
@@ -533,7 +498,7 @@ public sealed unsafe class NetworkState
                     Cpu.Backward.ConvFilter(px + n * inPerImage, pg + n * outPerImage, pgrads + c.Weight, pcols, pgz,
                         cin, h, w, cout, oh, ow, kernel, stride, pad);
                     if (!gx.IsEmpty)
-                        Cpu.Backward.ConvData(pg + n * outPerImage, pwt, pgx + n * inPerImage, pcols, cin, h, w, cout, oh, ow, kernel, stride, pad);
+                        Cpu.Backward.ConvData(pg + n * outPerImage, pvalues + c.Weight, pgx + n * inPerImage, pcols, cin, h, w, cout, oh, ow, kernel, stride, pad);
                 }
             }
         }

@@ -32,6 +32,7 @@ public class KernelTests
         { 1, 64, 3, 3, 40, 3, 1, 1 },
         { 1, 1, 1, 1, 1, 1, 1, 0 },
         { 4, 6, 2, 3, 17, 3, 1, 1 },
+        { 1, 9, 6, 6, 23, 3, 1, 1 }, // 12 + 8 + 3 rows: both kernels and a part-filled remainder panel
     };
 
     [Theory]
@@ -65,7 +66,7 @@ public class KernelTests
             AssertClose(want, y, 1e-5, $"conv scale={useScale} bias={useBias} residual={useResidual} relu={relu}");
 
             // The same from packed weights (the training forward): the same arithmetic, so the same bits.
-            var packed = new float[(cout + Gemm.MR - 1) / Gemm.MR * Gemm.MR * cin * k * k];
+            var packed = new float[Gemm.PackedRows(cout) * cin * k * k];
             Gemm.PackA(weight, cout, cin * k * k, packed);
             var yPacked = new float[expected.Length];
             Conv.Forward(x, yPacked, useResidual ? residual : default, packed, useScale ? scale : default, useBias ? bias : default,
@@ -202,6 +203,39 @@ public class WorkerPoolStartTests
             thread.Start();
             Assert.True(done.Wait(TimeSpan.FromSeconds(10)), "the pool hung on its first job");
             Assert.Equal(16, s_count);
+        }
+        finally
+        {
+            Unrolled.Cpu.WorkerPool.WorkerStarting = null;
+        }
+    }
+
+    /// <summary>
+    /// A worker the OS does not schedule (held here before it starts) must not hold up the jobs: the caller runs
+    /// the items itself and returns when they are done; the worker, once it runs, takes no item of a finished job.
+    /// </summary>
+    [Fact]
+    public void JobsCompleteWhileAWorkerIsHeldAndItJoinsLater()
+    {
+        s_count = 0;
+        using var hold = new System.Threading.ManualResetEventSlim();
+        Unrolled.Cpu.WorkerPool.WorkerStarting = () => hold.Wait();
+        try
+        {
+            var pool = new Unrolled.Cpu.WorkerPool(2);
+            using var done = new System.Threading.ManualResetEventSlim();
+            var thread = new System.Threading.Thread(() =>
+            {
+                for (int i = 0; i < 20; i++) RunOnce(pool);
+                done.Set();
+            }) { IsBackground = true };
+            thread.Start();
+            Assert.True(done.Wait(TimeSpan.FromSeconds(10)), "the jobs waited for a worker that was not running");
+            Assert.Equal(20 * 16, s_count);
+
+            hold.Set();
+            for (int i = 0; i < 20; i++) RunOnce(pool);
+            Assert.Equal(40 * 16, s_count);
         }
         finally
         {
