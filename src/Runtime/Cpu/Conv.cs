@@ -1,4 +1,5 @@
 using System;
+using System.Numerics;
 using System.Runtime.CompilerServices;
 using System.Threading;
 
@@ -100,7 +101,16 @@ internal static unsafe class Conv
             long at = ((long)image * j.Cout + m) * j.Hw;
             float* dst = j.Y + at;
             float* res = j.Residual == null ? null : j.Residual + at;
-            for (int p = 0; p < j.Hw; p++)
+            int p = 0;
+            for (; p <= j.Hw - Vector<float>.Count; p += Vector<float>.Count)
+            {
+                var v = Unsafe.ReadUnaligned<Vector<float>>(src + p);
+                if (res != null) v += Unsafe.ReadUnaligned<Vector<float>>(res + p);
+                // Max(v, 0) would turn NaN into 0; keep torch.relu's NaN.
+                if (j.Relu) v = Vector.ConditionalSelect(Vector.LessThan(v, Vector<float>.Zero), Vector<float>.Zero, v);
+                Unsafe.WriteUnaligned(dst + p, v);
+            }
+            for (; p < j.Hw; p++)
             {
                 float v = src[p];
                 if (res != null) v += res[p];
