@@ -160,7 +160,7 @@ internal static unsafe class Conv
             for (int c = 0; c < j.Cin; c++)
             {
                 float* dst = panel + (long)c * Gemm.NR;
-                new ReadOnlySpan<float>(j.X + (long)c * hw + n0, cols).CopyTo(new Span<float>(dst, cols));
+                Gemm.Copy(j.X + (long)c * hw + n0, dst, cols);
                 if (cols < Gemm.NR) new Span<float>(dst + cols, Gemm.NR - cols).Clear();
             }
             return;
@@ -209,7 +209,7 @@ internal static unsafe class Conv
                         for (int t = 0; t < lo; t++) dst[t] = 0f;
                         if (s == 1)
                         {
-                            new ReadOnlySpan<float>(src + ix0 + lo, hi - lo).CopyTo(new Span<float>(dst + lo, hi - lo));
+                            Gemm.Copy(src + ix0 + lo, dst + lo, hi - lo);
                         }
                         else
                         {

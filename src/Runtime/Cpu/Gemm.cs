@@ -414,22 +414,11 @@ internal static unsafe class Gemm
         int cols = Math.Min(NR, j.N - n0);
         float* bp = t_panel.Get((long)j.K * NR);
         float* src = j.B + n0;
-        if (cols == NR && Vector512.IsHardwareAccelerated)
+        for (int kk = 0; kk < j.K; kk++, src += j.Ldb)
         {
-            for (int kk = 0; kk < j.K; kk++, src += j.Ldb)
-            {
-                Vector512.Store(Vector512.Load(src), bp + (long)kk * NR);
-                Vector512.Store(Vector512.Load(src + 16), bp + (long)kk * NR + 16);
-            }
-        }
-        else
-        {
-            for (int kk = 0; kk < j.K; kk++, src += j.Ldb)
-            {
-                float* dst = bp + (long)kk * NR;
-                new ReadOnlySpan<float>(src, cols).CopyTo(new Span<float>(dst, cols));
-                if (cols < NR) new Span<float>(dst + cols, NR - cols).Clear();
-            }
+            float* dst = bp + (long)kk * NR;
+            Copy(src, dst, cols);
+            if (cols < NR) new Span<float>(dst + cols, NR - cols).Clear();
         }
         int first = chunk * j.PanelsPerChunk;
         int last = Math.Min(first + j.PanelsPerChunk, RowPanelCount(j.M));
@@ -440,6 +429,20 @@ internal static unsafe class Gemm
             float* a = j.A.Panel(j.M, j.K, rp, out var layout);
             Tile(j.K, a, layout, bp, c, j.Ldc, Math.Min(height, j.M - m0), cols, null, null, j.Accumulate ? c : null, false);
         }
+    }
+
+    /// <summary>
+    /// Copies a short run of floats (a panel row: at most <see cref="NR"/>) inline; Span.CopyTo's call costs as
+    /// much as the copy at these lengths.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Copy(float* src, float* dst, int count)
+    {
+        int i = 0;
+        if (Vector512.IsHardwareAccelerated)
+            for (; i <= count - 16; i += 16) Vector512.Store(Vector512.Load(src + i), dst + i);
+        for (; i <= count - 8; i += 8) Vector256.Store(Vector256.Load(src + i), dst + i);
+        for (; i < count; i++) dst[i] = src[i];
     }
 
     /// <summary>Unmanaged, 64-byte aligned scratch that grows on demand and is never freed (one per thread).</summary>
