@@ -78,7 +78,8 @@ public static class Program
 {
     public static int Main(string[] args)
     {
-        if (args.Contains("--compare")) return Compare();
+        if (args.Contains("--compare")) return Compare(training: true);
+        if (args.Contains("--inference")) return Compare(training: false);
         if (args.Contains("--train")) return TrainStep(new ResNet50());
         if (args.Contains("--kernel")) return MicroKernel.Run();
         if (args.Contains("--layers")) return ConvLayers.Run(args.Contains("--batch8") ? 8 : 1);
@@ -86,22 +87,27 @@ public static class Program
         return 0;
     }
 
-    private static double Median(Action run, int warmup, int runs)
+    private static double Median(Action run, int warmup, int runs) => Median(run, warmup, runs, out _);
+
+    /// <summary>The median time of <paramref name="runs"/> calls after <paramref name="warmup"/>, and the bytes the measured calls allocated (every thread), per call.</summary>
+    private static double Median(Action run, int warmup, int runs, out long allocatedPerRun)
     {
         for (int i = 0; i < warmup; i++) run();
-        var times = new List<double>();
+        var times = new double[runs];
+        long allocatedBefore = GC.GetTotalAllocatedBytes(precise: true);
         for (int i = 0; i < runs; i++)
         {
             long start = Stopwatch.GetTimestamp();
             run();
-            times.Add(Stopwatch.GetElapsedTime(start).TotalMilliseconds);
+            times[i] = Stopwatch.GetElapsedTime(start).TotalMilliseconds;
         }
-        times.Sort();
-        return times[times.Count / 2];
+        allocatedPerRun = (GC.GetTotalAllocatedBytes(precise: true) - allocatedBefore) / runs;
+        Array.Sort(times);
+        return times[times.Length / 2];
     }
 
     /// <summary>The quick side-by-side: median of several runs after warm-up, both engines in this process.</summary>
-    private static int Compare()
+    private static int Compare(bool training)
     {
         string? model = OnnxPeer.FindModel();
         if (model is null)
@@ -111,6 +117,7 @@ public static class Program
         }
         using var onnx = new OnnxPeer(model, 2);
         var net = new ResNet50();
+        var allocations = new List<string>();
         foreach (int batch in new[] { 1, 8 })
         {
             var input = new float[batch * ResNet50.InputSize];
@@ -118,16 +125,21 @@ public static class Program
             var logits = new float[batch * ResNet50.NumClasses];
             var tensor = new DenseTensor<float>(input, new[] { batch, 3, 224, 224 });
             int runs = batch == 1 ? 15 : 5;
-            double ours = Median(() => net.Forward(input, logits), 3, runs);
+            double ours = Median(() => net.Forward(input, logits), 3, runs, out long allocated);
             double theirs = Median(() => onnx.Run(tensor), 3, runs);
             Console.WriteLine($"compare resnet50-b{batch}: unrolled {ours:F1} ms, onnxruntime {theirs:F1} ms, ratio {ours / theirs:F2}");
+            allocations.Add($"inference b{batch} {allocated} B");
         }
 
-        return TrainStep(net);
+        int result = training ? TrainStep(net, allocations) : 0;
+        using var self = Process.GetCurrentProcess();
+        Console.WriteLine($"memory: allocated per steady-state call: {string.Join(", ", allocations)}; " +
+            $"process peak working set {self.PeakWorkingSet64 / (1024 * 1024)} MB (Unrolled's ResNet-50 with its training buffers and ONNX Runtime's session together)");
+        return result;
     }
 
     /// <summary>A training step: forward + backward + SGD (momentum, weight decay) at batch 16, 224x224.</summary>
-    private static int TrainStep(ResNet50 net)
+    private static int TrainStep(ResNet50 net, List<string>? allocations = null)
     {
         {
             const int batch = 16;
@@ -143,8 +155,9 @@ public static class Program
                 sgd.ZeroGrad();
                 net.ForwardBackward(input, labels, logits);
                 sgd.Step();
-            }, 1, 3);
+            }, 1, 3, out long allocated);
             Console.WriteLine($"compare resnet50-train-b{batch}: unrolled {batch * 1000 / ms:F2} img/s ({ms:F0} ms per step)");
+            allocations?.Add($"training step b{batch} {allocated} B");
         }
         return 0;
     }
