@@ -20,25 +20,33 @@ internal static unsafe class Gemm
     public const int MRSmall = 8;
     public const int NR = 32;
 
-    // A's rows are cut into panels: as many full panels of MR rows as fit, then one or two of MRSmall for the rest
-    // (the channel counts of ResNets are multiples of 8 and 4, never of 12: 64 = 5 x 12 + 4, 256 = 21 x 12 + 4).
+    // A's rows are cut into panels: full panels of MR rows, then one or two of MRSmall for the rest. A multiple of 4
+    // is cut exactly (64 = 4 x 12 + 2 x 8, 256 = 20 x 12 + 2 x 8: the two kernels run at the same speed per FMA, so
+    // rows computed only to be thrown away are the waste to avoid).
+
+    /// <summary>How many full panels of <see cref="MR"/> rows an M-row operand starts with.</summary>
+    private static int FullPanels(int m)
+    {
+        int full = m / MR;
+        return m % MR == 4 && full > 0 ? full - 1 : full;
+    }
 
     /// <summary>How many row panels an M-row operand has.</summary>
     public static int RowPanelCount(int m)
     {
-        int rest = m % MR;
-        return m / MR + (rest == 0 ? 0 : rest <= MRSmall ? 1 : 2);
+        int full = FullPanels(m);
+        return full + (m - full * MR + MRSmall - 1) / MRSmall;
     }
 
     /// <summary>The first row of panel <paramref name="panel"/>; in a packed operand the panel starts at element start * K.</summary>
     public static int PanelStart(int m, int panel)
     {
-        int full = m / MR;
+        int full = FullPanels(m);
         return panel <= full ? panel * MR : full * MR + (panel - full) * MRSmall;
     }
 
     /// <summary>The rows panel <paramref name="panel"/> holds when packed (MR or MRSmall; the last may be part padding).</summary>
-    public static int PanelHeight(int m, int panel) => panel < m / MR ? MR : MRSmall;
+    public static int PanelHeight(int m, int panel) => panel < FullPanels(m) ? MR : MRSmall;
 
     /// <summary>Rows of the packed operand, padding included: a packed [M x K] operand has PackedRows(M) * K elements.</summary>
     public static int PackedRows(int m)
@@ -50,7 +58,7 @@ internal static unsafe class Gemm
     /// <summary>Where row <paramref name="row"/> is in a packed operand: its panel's first row and height.</summary>
     public static void PanelOf(int m, int row, out int start, out int height)
     {
-        int full = m / MR;
+        int full = FullPanels(m);
         if (row < full * MR)
         {
             start = row / MR * MR;

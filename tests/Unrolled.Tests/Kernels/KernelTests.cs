@@ -33,6 +33,7 @@ public class KernelTests
         { 1, 1, 1, 1, 1, 1, 1, 0 },
         { 4, 6, 2, 3, 17, 3, 1, 1 },
         { 1, 9, 6, 6, 23, 3, 1, 1 }, // 12 + 8 + 3 rows: both kernels and a part-filled remainder panel
+        { 2, 4, 9, 75, 20, 3, 2, 1 }, // rows of 75 at stride 2: the AVX-512 even-element gather and its scalar ends
     };
 
     [Theory]
