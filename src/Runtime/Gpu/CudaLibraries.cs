@@ -3,6 +3,7 @@ using System.Collections.Generic;
 using System.IO;
 using System.Linq;
 using System.Runtime.InteropServices;
+using System.Threading;
 
 namespace Unrolled.Gpu;
 
@@ -91,6 +92,20 @@ public static unsafe class CudaLibraries
     }
 
     private static CudaProbe? s_probe;
+    private static Dictionary<string, nint> s_lastHandles = new();
+    private static int s_resolverSet;
+
+    /// <summary>
+    /// Routes the bindings' library names (<see cref="CudaNative"/>: "unrolled-cudart", "unrolled-cublas",
+    /// "unrolled-cudnn") to the files <see cref="Probe"/> loaded. Call only after a usable probe.
+    /// </summary>
+    internal static void UseProbedLibraries()
+    {
+        if (Interlocked.Exchange(ref s_resolverSet, 1) != 0) return;
+        var handles = s_lastHandles;
+        NativeLibrary.SetDllImportResolver(typeof(CudaLibraries).Assembly, (name, _, _) =>
+            name.StartsWith("unrolled-", StringComparison.Ordinal) && handles.TryGetValue(name["unrolled-".Length..], out nint handle) ? handle : 0);
+    }
 
     /// <summary>Probes once per process: loads cudart, cuBLAS and cuDNN and asks cudart how many GPUs there are.</summary>
     public static CudaProbe Probe()
@@ -98,7 +113,7 @@ public static unsafe class CudaLibraries
         if (s_probe is not null) return s_probe;
         try
         {
-            s_probe = ProbeNow(SearchDirectories());
+            s_probe = ProbeNow(SearchDirectories(), out s_lastHandles);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or BadImageFormatException or EntryPointNotFoundException)
         {
@@ -108,9 +123,12 @@ public static unsafe class CudaLibraries
         return s_probe;
     }
 
-    internal static CudaProbe ProbeNow(IReadOnlyList<string> directories)
+    internal static CudaProbe ProbeNow(IReadOnlyList<string> directories) => ProbeNow(directories, out _);
+
+    private static CudaProbe ProbeNow(IReadOnlyList<string> directories, out Dictionary<string, nint> handles)
     {
         var loaded = new Dictionary<string, string>();
+        handles = new Dictionary<string, nint>();
         var missing = new List<string>();
         nint cudart = 0;
         foreach (var (name, sonames) in new[] { ("cudart", Cudart), ("cublas", Cublas), ("cudnn", Cudnn) })
@@ -124,6 +142,7 @@ public static unsafe class CudaLibraries
                     if (NativeLibrary.TryLoad(soname, out handle)) { loaded[name] = soname + " (system search)"; break; }
             }
             if (handle == 0) missing.Add(string.Join(" or ", sonames));
+            else handles[name] = handle;
             if (name == "cudart") cudart = handle;
         }
 

@@ -49,6 +49,7 @@ public sealed unsafe class NetworkState
     {
         _spec = spec;
         Device = Choose(device, spec.Name);
+        if (Device == Device.Cuda) _gpu = new Gpu.CudaBackend(spec);
         _seed = seed;
         _counters = new long[spec.CounterCount];
         _byKey = new Dictionary<string, StateEntry>(spec.Entries.Length, StringComparer.Ordinal);
@@ -80,6 +81,15 @@ public sealed unsafe class NetworkState
 
     private static int s_autoNoted;
 
+    // The CUDA backend when the network runs on the GPU (inference only, so far).
+    private readonly Gpu.CudaBackend? _gpu;
+
+    private void RefuseTrainingOnGpu()
+    {
+        if (_gpu is not null)
+            throw new NotSupportedException($"{_spec.Name}: training on the GPU (Device.Cuda) is not implemented yet: the CUDA backend runs eval-mode Forward only. Train on Device.Cpu.");
+    }
+
     /// <summary>
     /// Device.Cpu is the CPU; Device.Auto probes for CUDA (once per process) and says in one line on stderr what it
     /// chose and why (UNROLLED_QUIET=1 silences it); Device.Cuda fails with what is missing and how to point to it.
@@ -95,16 +105,16 @@ public sealed unsafe class NetworkState
                 var probe = Gpu.CudaLibraries.Probe();
                 if (Interlocked.Exchange(ref s_autoNoted, 1) == 0 && Environment.GetEnvironmentVariable("UNROLLED_QUIET") != "1")
                     Console.Error.WriteLine(probe.Usable
-                        ? $"Unrolled: Device.Auto -> CPU: CUDA is usable ({probe.Reason}), but this build has no CUDA backend yet"
+                        ? $"Unrolled: Device.Auto -> CPU: CUDA is usable ({probe.Reason}), but the CUDA backend (inference only) has not been checked on a GPU yet; ask for Device.Cuda to use it"
                         : $"Unrolled: Device.Auto -> CPU: CUDA {probe.Reason}");
                 return Device.Cpu;
             }
             case Device.Cuda:
             {
                 var probe = Gpu.CudaLibraries.Probe();
-                throw new PlatformNotSupportedException(probe.Usable
-                    ? $"{name}: Device.Cuda: CUDA is usable ({probe.Reason}), but this build of Unrolled has no CUDA backend yet; use Device.Cpu or Device.Auto."
-                    : $"{name}: Device.Cuda: CUDA cannot be used: {probe.Reason}. Use Device.Cpu, or Device.Auto to fall back to the CPU.");
+                if (probe.Usable) return Device.Cuda;
+                throw new PlatformNotSupportedException(
+                    $"{name}: Device.Cuda: CUDA cannot be used: {probe.Reason}. Use Device.Cpu, or Device.Auto to fall back to the CPU.");
             }
             default:
                 throw new ArgumentOutOfRangeException(nameof(requested), requested, "expected Device.Cpu, Device.Auto or Device.Cuda");
@@ -371,6 +381,15 @@ public sealed unsafe class NetworkState
     {
         batch = BatchOf(inputLength, logitsLength);
         long need = (long)batch * _spec.ArenaPerImage;
+        if (_gpu is not null)
+        {
+            // The host arena only gives the generated code's slices their offsets: never written, so never touched.
+            if (IsTraining) RefuseTrainingOnGpu();
+            if (need > Array.MaxLength) Ensure(ref _arena, need, "activations", _spec.Name, batch);
+            if (_arena.Length < need) _arena = GC.AllocateUninitializedArray<float>((int)need);
+            _gpu.BeginForward(batch, ValueArray, _weightsVersion * 1_000_003 + _statisticsVersion);
+            return _arena.AsSpan(0, (int)need);
+        }
         Ensure(ref _arena, need, "activations", _spec.Name, batch);
         Prepare();
         return _arena.AsSpan(0, (int)need);
@@ -382,6 +401,7 @@ public sealed unsafe class NetworkState
     /// </summary>
     public Span<float> BeginTraining(int inputLength, ReadOnlySpan<int> labels, int logitsLength, out int batch, out Span<float> gradients)
     {
+        RefuseTrainingOnGpu();
         batch = BatchOf(inputLength, logitsLength);
         if (labels.Length != batch)
             throw new ArgumentException($"{_spec.Name}: {labels.Length} labels for a batch of {batch} images; give one label per image.", nameof(labels));
@@ -431,6 +451,11 @@ public sealed unsafe class NetworkState
         int batch, int cin, int h, int w, int cout, int oh, int ow, int kernel, int stride, int pad, bool relu)
     {
         var c = CheckConv(index, cin, cout, kernel);
+        if (_gpu is not null)
+        {
+            _gpu.Conv(index, _arena, x, y, residual, batch, cin, h, w, cout, oh, ow, kernel, stride, pad, relu);
+            return;
+        }
         if (!IsTraining)
         {
             Cpu.Conv.Forward(x, y, residual, Weights(c), _scale[index], _bias[index], batch, cin, h, w, cout, oh, ow, kernel, stride, pad, relu);
@@ -512,8 +537,11 @@ public sealed unsafe class NetworkState
     /// </summary>
     internal Action<int>? GradientsReady;
 
-    public void MaxPool(ReadOnlySpan<float> x, Span<float> y, int batch, int channels, int h, int w, int oh, int ow, int kernel, int stride, int pad) =>
-        Kernels.MaxPool(x, y, batch * channels, h, w, oh, ow, kernel, stride, pad);
+    public void MaxPool(ReadOnlySpan<float> x, Span<float> y, int batch, int channels, int h, int w, int oh, int ow, int kernel, int stride, int pad)
+    {
+        if (_gpu is not null) _gpu.MaxPool(_arena, x, y, batch, channels, h, w, oh, ow, kernel, stride, pad);
+        else Kernels.MaxPool(x, y, batch * channels, h, w, oh, ow, kernel, stride, pad);
+    }
 
     public void MaxPoolBackward(ReadOnlySpan<float> x, ReadOnlySpan<float> g, Span<float> gx, int batch, int channels, int h, int w, int oh, int ow, int kernel, int stride, int pad)
     {
@@ -521,13 +549,22 @@ public sealed unsafe class NetworkState
             Cpu.Backward.MaxPool(px, pg, pgx, batch * channels, h, w, oh, ow, kernel, stride, pad);
     }
 
-    public void GlobalAveragePool(ReadOnlySpan<float> x, Span<float> y, int batch, int channels, int hw) =>
-        Kernels.GlobalAveragePool(x, y, batch * channels, hw);
+    public void GlobalAveragePool(ReadOnlySpan<float> x, Span<float> y, int batch, int channels, int hw)
+    {
+        if (_gpu is not null) _gpu.GlobalAveragePool(_arena, x, y, batch, channels, hw);
+        else Kernels.GlobalAveragePool(x, y, batch * channels, hw);
+    }
 
     public void GlobalAveragePoolBackward(ReadOnlySpan<float> g, Span<float> gx, int batch, int channels, int hw) =>
         Cpu.Backward.GlobalAveragePool(g, gx, batch * channels, hw);
 
-    public void Linear(ReadOnlySpan<float> x, Span<float> y, int batch) =>
+    public void Linear(ReadOnlySpan<float> x, Span<float> y, int batch)
+    {
+        if (_gpu is not null) _gpu.Linear(_arena, x, y, batch);
+        else LinearOnCpu(x, y, batch);
+    }
+
+    private void LinearOnCpu(ReadOnlySpan<float> x, Span<float> y, int batch) =>
         Kernels.Linear(x, y, ValueArray.AsSpan((int)_spec.FcWeight, _spec.NumClasses * _spec.FcIn),
             ValueArray.AsSpan((int)_spec.FcBias, _spec.NumClasses), batch, _spec.FcIn, _spec.NumClasses);
 
