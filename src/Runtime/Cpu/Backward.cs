@@ -10,42 +10,115 @@ namespace Unrolled.Cpu;
 /// </summary>
 internal static unsafe class Backward
 {
-    private struct GatherJob
-    {
-        public float* X, ColsT;
-        public int Cin, H, W, OW, Kernel, Stride, Pad, K, Hw;
-    }
-
     /// <summary>
-    /// Conv filter gradient for one image: dW[Cout x K] += gz[Cout x HW] . cols(x)^T, where cols(x)^T [HW x K]
-    /// is gathered into <paramref name="colsT"/> and gz is packed into <paramref name="packedGz"/>.
+    /// Conv filter gradient for one image: dW[Cout x K] += gz[Cout x HW] . cols(x)^T, with cols(x)^T [HW x K]
+    /// gathered straight into the GEMM's column panels in <paramref name="panels"/> and gz read in place.
     /// </summary>
-    public static void ConvFilter(float* x, float* gz, float* dw, float* colsT, float* packedGz,
+    public static void ConvFilter(float* x, float* gz, float* dw, float* panels, float* rows,
         int cin, int h, int w, int cout, int oh, int ow, int kernel, int stride, int pad) =>
-        ConvFilterFolded(x, gz, dw, colsT, packedGz, 1, cin, h, w, cout, oh, ow, kernel, stride, pad);
+        ConvFilterFolded(x, gz, dw, panels, rows, 1, cin, h, w, cout, oh, ow, kernel, stride, pad);
 
     /// <summary>
     /// <see cref="ConvFilter"/> for the whole batch at once, for small maps: dW += gz[Cout x batch*HW] . cols^T,
-    /// the batch folded into the inner dimension (one GEMM instead of one per image).
+    /// the batch folded into the inner dimension (one GEMM instead of one per image); gz is gathered into
+    /// <paramref name="rows"/> (Cout x batch*HW floats) first, unless the batch is one image.
+    /// <paramref name="panels"/> holds <see cref="FilterPanelFloats"/> floats.
     /// </summary>
-    public static void ConvFilterFolded(float* x, float* gz, float* dw, float* colsT, float* packedGz, int batch,
+    public static void ConvFilterFolded(float* x, float* gz, float* dw, float* panels, float* rows, int batch,
         int cin, int h, int w, int cout, int oh, int ow, int kernel, int stride, int pad)
     {
         int hw = oh * ow, q = batch * hw;
         int k = cin * kernel * kernel;
-        // Pack gz as A [Cout x batch*HW]: row m is image 0's plane m, then image 1's, ...
-        new Span<float>(packedGz, Gemm.PackedRows(cout) * q).Clear();
-        for (int n = 0; n < batch; n++)
-        for (int m = 0; m < cout; m++)
+        float* a = gz;
+        if (batch > 1)
         {
-            Gemm.PanelOf(cout, m, out int start, out int height);
-            float* src = gz + ((long)n * cout + m) * hw;
-            float* dst = packedGz + (long)start * q + (long)n * hw * height + (m - start);
-            for (int p = 0; p < hw; p++) dst[p * height] = src[p];
+            GatherPlanes(gz, rows, batch, cout, hw);
+            a = rows;
         }
-        var job = new GatherJob { X = x, ColsT = colsT, Cin = cin, H = h, W = w, OW = ow, Kernel = kernel, Stride = stride, Pad = pad, K = k, Hw = hw };
-        WorkerPool.Shared.Run(&GatherRow, &job, q);
-        Gemm.Multiply(Gemm.Operand.Packed(packedGz), cout, q, colsT, k, k, dw, k, accumulate: true);
+        var job = new FilterJob
+        {
+            X = x, Panels = panels, Batch = batch, Cin = cin, H = h, W = w, OH = oh, OW = ow,
+            Kernel = kernel, Stride = stride, Pad = pad, K = k, Q = q,
+        };
+        int columnPanels = (k + Gemm.NR - 1) / Gemm.NR;
+        WorkerPool.Shared.Run(&PackFilterPanel, &job, columnPanels);
+        Gemm.MultiplyPackedB(Gemm.Operand.Strided(a, q, 1), cout, q, panels, k, dw, k, accumulate: true);
+    }
+
+    /// <summary>Floats of the column panels of cols^T for <paramref name="q"/> pixels and K = <paramref name="k"/>.</summary>
+    public static long FilterPanelFloats(long q, int k) => q * ((k + Gemm.NR - 1) / Gemm.NR * Gemm.NR);
+
+    private struct FilterJob
+    {
+        public float* X, Panels;
+        public int Batch, Cin, H, W, OH, OW, Kernel, Stride, Pad, K, Q;
+    }
+
+    /// <summary>
+    /// Column panel <paramref name="panel"/> of cols^T [q x K], as the GEMM streams it ([q][NR]): column t is the
+    /// input value under kernel tap (c, ky, kx) = K index panel * NR + t at every output pixel of every image.
+    /// </summary>
+    private static void PackFilterPanel(void* context, int panel)
+    {
+        ref FilterJob j = ref Unsafe.AsRef<FilterJob>(context);
+        int n0 = panel * Gemm.NR, cols = Math.Min(Gemm.NR, j.K - n0);
+        float* dst = j.Panels + (long)panel * j.Q * Gemm.NR;
+        int taps = j.Kernel * j.Kernel, s = j.Stride, planeSize = j.H * j.W, hw = j.OH * j.OW;
+        for (int t = 0; t < Gemm.NR; t++)
+        {
+            float* column = dst + t;
+            if (t >= cols)
+            {
+                for (long qq = 0; qq < j.Q; qq++) column[qq * Gemm.NR] = 0f;
+                continue;
+            }
+            int kIndex = n0 + t, c = kIndex / taps, ky = kIndex % taps / j.Kernel, kx = kIndex % j.Kernel;
+            int ix0 = kx - j.Pad;
+            // The output columns whose input column ix0 + ox * stride lies in [0, W).
+            int lo = ix0 >= 0 ? 0 : (-ix0 + s - 1) / s;
+            int hi = ix0 >= j.W ? 0 : Math.Min(j.OW, (j.W - 1 - ix0) / s + 1);
+            if (hi < lo) hi = lo;
+            for (int image = 0; image < j.Batch; image++)
+            {
+                float* plane = j.X + ((long)image * j.Cin + c) * planeSize;
+                for (int oy = 0; oy < j.OH; oy++)
+                {
+                    float* row = column + ((long)image * hw + oy * j.OW) * Gemm.NR;
+                    int iy = oy * s - j.Pad + ky;
+                    if ((uint)iy >= (uint)j.H)
+                    {
+                        for (int ox = 0; ox < j.OW; ox++) row[ox * Gemm.NR] = 0f;
+                        continue;
+                    }
+                    float* src = plane + iy * j.W + ix0;
+                    int ox2 = 0;
+                    for (; ox2 < lo; ox2++) row[ox2 * Gemm.NR] = 0f;
+                    for (; ox2 < hi; ox2++) row[ox2 * Gemm.NR] = src[ox2 * s];
+                    for (; ox2 < j.OW; ox2++) row[ox2 * Gemm.NR] = 0f;
+                }
+            }
+        }
+    }
+
+    private struct PlanesJob
+    {
+        public float* From, To;
+        public int Batch, C, Hw;
+    }
+
+    /// <summary>rows [C x batch*HW] from x [batch x C x HW]: row c is image 0's plane c, then image 1's, ... (on every core).</summary>
+    private static void GatherPlanes(float* x, float* rows, int batch, int c, int hw)
+    {
+        var job = new PlanesJob { From = x, To = rows, Batch = batch, C = c, Hw = hw };
+        WorkerPool.Shared.Run(&GatherPlane, &job, c);
+    }
+
+    private static void GatherPlane(void* context, int m)
+    {
+        ref PlanesJob j = ref Unsafe.AsRef<PlanesJob>(context);
+        long q = (long)j.Batch * j.Hw;
+        for (int n = 0; n < j.Batch; n++)
+            new ReadOnlySpan<float>(j.From + ((long)n * j.C + m) * j.Hw, j.Hw).CopyTo(new Span<float>(j.To + m * q + (long)n * j.Hw, j.Hw));
     }
 
     /// <summary>W^T [K x Cout] read in place from the conv weights W [Cout x K]: element (r, j) is W[j, r].</summary>
@@ -60,37 +133,10 @@ internal static unsafe class Backward
     {
         int hw = oh * ow, q = batch * hw;
         int k = cin * kernel * kernel;
-        for (int n = 0; n < batch; n++)
-        for (int m = 0; m < cout; m++)
-            new ReadOnlySpan<float>(gz + ((long)n * cout + m) * hw, hw).CopyTo(new Span<float>(gzRows + (long)m * q + (long)n * hw, hw));
+        GatherPlanes(gz, gzRows, batch, cout, hw);
         Gemm.Multiply(WeightsTransposed(weights, k), k, cout, gzRows, q, q, cols, q, accumulate: false);
         var job = new ScatterJob { Cols = cols, Gx = gx, H = h, W = w, OH = oh, OW = ow, Kernel = kernel, Stride = stride, Pad = pad, Cin = cin, Ld = q };
         WorkerPool.Shared.Run(&ScatterChannel, &job, batch * cin);
-    }
-
-    /// <summary>Row q of cols^T: the receptive field of pixel q % Hw of image q / Hw.</summary>
-    private static void GatherRow(void* context, int q)
-    {
-        ref GatherJob j = ref Unsafe.AsRef<GatherJob>(context);
-        int image = q / j.Hw, p = q % j.Hw;
-        int oy = p / j.OW, ox = p % j.OW;
-        int y0 = oy * j.Stride - j.Pad, x0 = ox * j.Stride - j.Pad;
-        float* row = j.ColsT + (long)q * j.K;
-        int hw = j.H * j.W;
-        float* x = j.X + (long)image * j.Cin * hw;
-        for (int c = 0; c < j.Cin; c++)
-        {
-            float* plane = x + (long)c * hw;
-            for (int ky = 0; ky < j.Kernel; ky++)
-            {
-                int iy = y0 + ky;
-                for (int kx = 0; kx < j.Kernel; kx++)
-                {
-                    int ix = x0 + kx;
-                    *row++ = (uint)iy < (uint)j.H && (uint)ix < (uint)j.W ? plane[iy * j.W + ix] : 0f;
-                }
-            }
-        }
     }
 
     private struct ScatterJob

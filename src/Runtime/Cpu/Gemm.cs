@@ -390,14 +390,24 @@ internal static unsafe class Gemm
         public Operand A;
         public float* B, C;
         public int M, K, N, Ldb, Ldc, ColumnPanels, RowChunks, PanelsPerChunk;
-        public bool Accumulate;
+        public bool Accumulate, BPacked;
     }
+
+    /// <summary>
+    /// As <see cref="Multiply"/>, with B already in column panels ([panel][K][NR], the last zero-padded), as a
+    /// gather built them.
+    /// </summary>
+    public static void MultiplyPackedB(Operand a, int m, int k, float* packedB, int n, float* c, int ldc, bool accumulate) =>
+        MultiplyOnAllCores(a, m, k, packedB, 0, n, c, ldc, accumulate, bPacked: true);
 
     /// <summary>
     /// C[M x N] (+)= A[M x K] . B[K x N] on every core: A as <paramref name="a"/> says, B row-major with row
     /// stride <paramref name="ldb"/>, C row-major with row stride <paramref name="ldc"/>.
     /// </summary>
-    public static void Multiply(Operand a, int m, int k, float* b, int ldb, int n, float* c, int ldc, bool accumulate)
+    public static void Multiply(Operand a, int m, int k, float* b, int ldb, int n, float* c, int ldc, bool accumulate) =>
+        MultiplyOnAllCores(a, m, k, b, ldb, n, c, ldc, accumulate, bPacked: false);
+
+    private static void MultiplyOnAllCores(Operand a, int m, int k, float* b, int ldb, int n, float* c, int ldc, bool accumulate, bool bPacked)
     {
         int columnPanels = (n + NR - 1) / NR;
         int rowPanels = RowPanelCount(m);
@@ -408,7 +418,7 @@ internal static unsafe class Gemm
         var job = new MultiplyJob
         {
             A = a, B = b, C = c, M = m, K = k, N = n, Ldb = ldb, Ldc = ldc,
-            ColumnPanels = columnPanels, RowChunks = rowChunks, PanelsPerChunk = panelsPerChunk, Accumulate = accumulate,
+            ColumnPanels = columnPanels, RowChunks = rowChunks, PanelsPerChunk = panelsPerChunk, Accumulate = accumulate, BPacked = bPacked,
         };
         WorkerPool.Shared.Run(&MultiplyItem, &job, columnPanels * rowChunks);
     }
@@ -420,13 +430,18 @@ internal static unsafe class Gemm
         int panel = item / j.RowChunks;
         int n0 = panel * NR;
         int cols = Math.Min(NR, j.N - n0);
-        float* bp = t_panel.Get((long)j.K * NR);
-        float* src = j.B + n0;
-        for (int kk = 0; kk < j.K; kk++, src += j.Ldb)
+        float* bp;
+        if (j.BPacked) bp = j.B + (long)panel * j.K * NR;
+        else
         {
-            float* dst = bp + (long)kk * NR;
-            Copy(src, dst, cols);
-            if (cols < NR) new Span<float>(dst + cols, NR - cols).Clear();
+            bp = t_panel.Get((long)j.K * NR);
+            float* src = j.B + n0;
+            for (int kk = 0; kk < j.K; kk++, src += j.Ldb)
+            {
+                float* dst = bp + (long)kk * NR;
+                Copy(src, dst, cols);
+                if (cols < NR) new Span<float>(dst + cols, NR - cols).Clear();
+            }
         }
         int first = chunk * j.PanelsPerChunk;
         int last = Math.Min(first + j.PanelsPerChunk, RowPanelCount(j.M));

@@ -59,7 +59,7 @@ public unsafe class GradientCheckTests
 
         var dw = new float[weight.Length];
         var dx = new float[x.Length];
-        var cols = new float[kk * hw];
+        var cols = new float[Backward.FilterPanelFloats(hw, kk)]; // the filter gradient's column panels (K padded), then the data gradient's columns
         var packedG = new float[Gemm.PackedRows(cout) * hw];
         fixed (float* px = x, pr = r, pdw = dw, pdx = dx, pw = weight, pc = cols, pg = packedG)
         {
@@ -75,7 +75,7 @@ public unsafe class GradientCheckTests
         // The same with the batch folded into one GEMM (what small maps use).
         var dwFolded = new float[weight.Length];
         var dxFolded = new float[x.Length];
-        var colsFolded = new float[batch * kk * hw];
+        var colsFolded = new float[Backward.FilterPanelFloats(batch * hw, kk)];
         var packedFolded = new float[Gemm.PackedRows(cout) * batch * hw];
         var rows = new float[cout * batch * hw];
         fixed (float* px = x, pr = r, pdw = dwFolded, pdx = dxFolded, pw = weight, pc = colsFolded, pg = packedFolded, prow = rows)

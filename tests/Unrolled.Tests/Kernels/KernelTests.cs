@@ -219,7 +219,9 @@ public class WorkerPoolStartTests
     public void JobsCompleteWhileAWorkerIsHeldAndItJoinsLater()
     {
         s_count = 0;
-        using var hold = new System.Threading.ManualResetEventSlim();
+        // Not disposed: a pool another test class makes meanwhile may have a worker waiting on it too (the hook is
+        // static); it is set before the test ends, so such a worker goes on.
+        var hold = new System.Threading.ManualResetEventSlim();
         Unrolled.Cpu.WorkerPool.WorkerStarting = () => hold.Wait();
         try
         {
@@ -241,6 +243,7 @@ public class WorkerPoolStartTests
         finally
         {
             Unrolled.Cpu.WorkerPool.WorkerStarting = null;
+            hold.Set();
         }
     }
 }
