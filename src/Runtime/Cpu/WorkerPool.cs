@@ -29,7 +29,7 @@ internal sealed unsafe class WorkerPool
     }
 
     /// <summary>How long an idle worker spins before it sleeps.</summary>
-    private static readonly long SpinTicks = Stopwatch.Frequency / 20000; // 50 microseconds
+    private static readonly long SpinTicks = Stopwatch.Frequency / 10000; // 100 microseconds
 
     // A sleeping worker waits on its own monitor: SemaphoreSlim spins again before it blocks, which on a small
     // machine takes the core from the threads that decode the next batch.
@@ -123,7 +123,7 @@ internal sealed unsafe class WorkerPool
             int count = Volatile.Read(ref _count);
             if ((int)(ticket >> 32) != generation || (int)ticket >= count) return;
             int first = (int)ticket;
-            int claim = Math.Min(Math.Max(1, count / (8 * Threads)), count - first);
+            int claim = Math.Min(Math.Max(1, count / (32 * Threads)), count - first);
             if (Interlocked.CompareExchange(ref _ticket, ticket + claim, ticket) != ticket) continue;
             // Items [first, first + claim) are ours; the job cannot finish before they are done, so its fields stay.
             try
