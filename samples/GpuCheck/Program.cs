@@ -33,9 +33,10 @@ namespace Unrolled.GpuCheck
             {
                 Console.WriteLine(CudaBackend.Describe());
             }
-            catch (CudaException e)
+            catch (Exception e)
             {
-                Console.WriteLine($"cannot ask the GPU: {e.Message}");
+                // A check program reports what went wrong (a missing entry point, a driver too old) instead of crashing.
+                Console.WriteLine($"cannot ask the GPU: {e.GetType().Name}: {e.Message}");
                 return 2;
             }
             if (reference is null)
@@ -94,7 +95,7 @@ namespace Unrolled.GpuCheck
                 Console.WriteLine($"{name}: {(pass ? "PASS" : "FAIL")}: max |gpu - torch| / max |torch| = {error:E3} (cpu {cpuError:E3}), top-1 {(sameTop ? "same" : "DIFFERENT")}");
                 return pass ? 0 : 1;
             }
-            catch (Exception e) when (e is CudaException or NotSupportedException or InvalidOperationException or IOException or WeightsFileException)
+            catch (Exception e)
             {
                 Console.WriteLine($"{name}: FAIL: {e.GetType().Name}: {e.Message}");
                 return 1;
@@ -118,9 +119,9 @@ namespace Unrolled.GpuCheck
                 double seconds = clock.Elapsed.TotalSeconds;
                 Console.WriteLine($"inference resnet50 batch {batch}: {batch * runs / seconds:F0} img/s ({seconds * 1000 / runs:F2} ms per batch)");
             }
-            catch (Exception e) when (e is CudaException or NotSupportedException or InvalidOperationException)
+            catch (Exception e)
             {
-                Console.WriteLine($"inference resnet50 batch {batch}: FAIL: {e.Message}");
+                Console.WriteLine($"inference resnet50 batch {batch}: FAIL: {e.GetType().Name}: {e.Message}");
             }
         }
 

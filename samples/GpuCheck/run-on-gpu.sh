@@ -11,6 +11,8 @@ python=${PYTHON:-python3}
 site=$("$python" -c 'import site; print(site.getsitepackages()[0])' 2>/dev/null || true)
 if [ -n "$site" ] && [ -z "${UNROLLED_CUDA_PATH:-}" ]; then
     export UNROLLED_CUDA_PATH=$(ls -d "$site"/nvidia/*/lib 2>/dev/null | paste -sd: -)
+    # cuDNN's front library loads its sub-libraries (libcudnn_cnn.so.9, ...) by name through the system loader.
+    export LD_LIBRARY_PATH=$UNROLLED_CUDA_PATH${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || true
 "$binary" --reference "$reference"

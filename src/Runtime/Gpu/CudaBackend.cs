@@ -33,7 +33,7 @@ internal sealed unsafe class CudaBackend
     private float* _logits;
     private long _logitsFloats;
     private readonly Dictionary<(int N, int C, int H, int W), nint> _tensors = new();
-    private readonly Dictionary<(int Mode, int Kernel, int Stride, int Pad, int H, int W), nint> _pools = new();
+    private readonly Dictionary<(int Mode, int KernelH, int KernelW, int Stride, int Pad), nint> _pools = new();
     private readonly ConvPlan[] _plans;
 
     private sealed class ConvPlan
@@ -141,10 +141,10 @@ internal sealed unsafe class CudaBackend
 
     private nint Pool(int mode, int kernelH, int kernelW, int stride, int pad)
     {
-        if (_pools.TryGetValue((mode, kernelH, stride, pad, kernelH, kernelW), out nint descriptor)) return descriptor;
+        if (_pools.TryGetValue((mode, kernelH, kernelW, stride, pad), out nint descriptor)) return descriptor;
         CheckDnn(cudnnCreatePoolingDescriptor(&descriptor), "cudnnCreatePoolingDescriptor");
         CheckDnn(cudnnSetPooling2dDescriptor(descriptor, mode, PropagateNan, kernelH, kernelW, pad, pad, stride, stride), "cudnnSetPooling2dDescriptor");
-        _pools.Add((mode, kernelH, stride, pad, kernelH, kernelW), descriptor);
+        _pools.Add((mode, kernelH, kernelW, stride, pad), descriptor);
         return descriptor;
     }
 
@@ -228,6 +228,7 @@ internal sealed unsafe class CudaBackend
     /// <summary>One line about the GPU and the libraries' versions.</summary>
     public static string Describe()
     {
+        CudaLibraries.UseProbedLibraries();
         int runtime, driver, sms, major, minor;
         nuint free, total;
         Check(cudaRuntimeGetVersion(&runtime), "cudaRuntimeGetVersion");
