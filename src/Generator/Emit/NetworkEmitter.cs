@@ -102,7 +102,15 @@ internal static class NetworkEmitter
         w.Line("    },");
         var fcWeight = d.Entry("fc.weight");
         var fcBias = d.Entry("fc.bias");
-        w.Line($"    fcWeight: {Lit(fcWeight.Offset)}, fcBias: {Lit(fcBias.Offset)}, fcIn: {fcWeight.Shape[1]});");
+        w.Line($"    fcWeight: {Lit(fcWeight.Offset)}, fcBias: {Lit(fcBias.Offset)}, fcIn: {fcWeight.Shape[1]},");
+        w.Line($"    gradientBuckets: new {Rt}GradientBucket[]");
+        w.Line("    {");
+        w.Line($"        // Data-parallel all-reduce buckets of about {GradientBuckets.Megabytes} MB, in the order backward completes them:");
+        w.Line("        // [start, end) float offsets, and the layers whose gradients fill them, from the top of the array down");
+        w.Line("        // (conv index; -1 is fc). A bucket is reduced as soon as backward has finished all of its layers.");
+        foreach (var b in GradientBuckets.Create(d))
+            w.Line($"        new({Lit(b.Start)}, {Lit(b.End)}, new int[] {{ {string.Join(", ", b.Layers)} }}), // {Mb(b.End - b.Start)} MB");
+        w.Line("    });");
         w.Line();
         w.Line($"private readonly {Rt}NetworkState _state;");
         w.Line();

@@ -59,12 +59,13 @@ public sealed class NetworkSpec
 {
     public NetworkSpec(string name, int channels, int height, int width, int numClasses,
         long valueCount, int counterCount, long arenaPerImage, long trainArenaPerImage, long gradientArenaPerImage, long maxColumns,
-        StateEntry[] entries, ConvSpec[] convs, long fcWeight, long fcBias, int fcIn)
+        StateEntry[] entries, ConvSpec[] convs, long fcWeight, long fcBias, int fcIn, GradientBucket[]? gradientBuckets = null)
     {
         Name = name; Channels = channels; Height = height; Width = width; NumClasses = numClasses;
         ValueCount = valueCount; CounterCount = counterCount; ArenaPerImage = arenaPerImage;
         TrainArenaPerImage = trainArenaPerImage; GradientArenaPerImage = gradientArenaPerImage; MaxColumns = maxColumns;
         Entries = entries; Convs = convs; FcWeight = fcWeight; FcBias = fcBias; FcIn = fcIn;
+        GradientBuckets = gradientBuckets ?? Array.Empty<GradientBucket>();
     }
 
     public string Name { get; }
@@ -88,4 +89,13 @@ public sealed class NetworkSpec
     public long FcBias { get; }
     public int FcIn { get; }
     public int InputSize => Channels * Height * Width;
+    /// <summary>The generator's data-parallel buckets of <see cref="Distributed.DataParallel.DefaultBucketMegabytes"/> MB (empty from older generated code).</summary>
+    public GradientBucket[] GradientBuckets { get; }
 }
+
+/// <summary>
+/// Gradients all-reduced together: the value-array extent [Start, End) and the layers that fill it, from the highest
+/// offset down (conv index; -1 is the fc layer). Emitted by the generator; buckets are listed in the order backward
+/// completes them.
+/// </summary>
+public sealed record GradientBucket(long Start, long End, int[] Layers);

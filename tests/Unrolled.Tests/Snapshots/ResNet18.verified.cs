@@ -181,7 +181,15 @@ namespace App
                 new(6463424, 8822720, 18, 512, 512, 3), // 18: layer4.1.conv1
                 new(8824768, 11184064, 19, 512, 512, 3), // 19: layer4.1.conv2
             },
-            fcWeight: 11186112, fcBias: 11698112, fcIn: 512);
+            fcWeight: 11186112, fcBias: 11698112, fcIn: 512,
+            gradientBuckets: new global::Unrolled.Runtime.GradientBucket[]
+            {
+                // Data-parallel all-reduce buckets of about 25 MB, in the order backward completes them:
+                // [start, end) float offsets, and the layers whose gradients fill them, from the top of the array down
+                // (conv index; -1 is fc). A bucket is reduced as soon as backward has finished all of its layers.
+                new(3968960, 11699112, new int[] { -1, 19, 18, 15, 17 }), // 29.49 MB
+                new(0, 3968960, new int[] { 16, 14, 13, 10, 12, 11, 9, 8, 5, 7, 6, 4, 3, 2, 1, 0 }), // 15.14 MB
+            });
 
         private readonly global::Unrolled.Runtime.NetworkState _state;
 

@@ -412,7 +412,17 @@ namespace App
                 new(20143040, 22502336, 51, 512, 512, 3), // 51: layer4.2.conv2
                 new(22504384, 23552960, 52, 2048, 512, 1), // 52: layer4.2.conv3
             },
-            fcWeight: 23561152, fcBias: 25609152, fcIn: 2048);
+            fcWeight: 23561152, fcBias: 25609152, fcIn: 2048,
+            gradientBuckets: new global::Unrolled.Runtime.GradientBucket[]
+            {
+                // Data-parallel all-reduce buckets of about 25 MB, in the order backward completes them:
+                // [start, end) float offsets, and the layers whose gradients fill them, from the top of the array down
+                // (conv index; -1 is fc). A bucket is reduced as soon as backward has finished all of its layers.
+                new(18035648, 25610152, new int[] { -1, 52, 51, 50, 49 }), // 28.89 MB
+                new(11461568, 18035648, new int[] { 48, 47, 43, 46 }), // 25.08 MB
+                new(4356032, 11461568, new int[] { 45, 44, 42, 41, 40, 39, 38, 37, 36, 35, 34, 33, 32 }), // 27.11 MB
+                new(0, 4356032, new int[] { 31, 30, 29, 28, 24, 27, 26, 25, 23, 22, 21, 20, 19, 18, 17, 16, 15, 11, 14, 13, 12, 10, 9, 8, 7, 6, 5, 1, 4, 3, 2, 0 }), // 16.62 MB
+            });
 
         private readonly global::Unrolled.Runtime.NetworkState _state;
 
