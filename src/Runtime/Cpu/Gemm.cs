@@ -335,20 +335,6 @@ internal static unsafe class Gemm
 
     [ThreadStatic] internal static Scratch t_panel;
 
-    /// <summary>Packs the transpose of a row-major [rows x cols] matrix (W^T for the data gradient) into row panels.</summary>
-    public static void PackATransposed(ReadOnlySpan<float> a, int rows, int cols, Span<float> packed)
-    {
-        // The packed matrix is A^T: cols x rows.
-        packed = packed.Slice(0, PackedRows(cols) * rows);
-        packed.Clear();
-        for (int c = 0; c < cols; c++)
-        {
-            PanelOf(cols, c, out int start, out int height);
-            var dst = packed.Slice(start * rows + c - start);
-            for (int r = 0; r < rows; r++) dst[r * height] = a[r * cols + c];
-        }
-    }
-
     /// <summary>
     /// An A operand [M x K] for <see cref="Multiply"/>: packed by <see cref="PackA"/>, or read in place with element
     /// (r, kk) at Data[r * RowStride + kk * KStride] (W [Cout x K] is (K, 1); its transpose W^T is (1, K)).

@@ -21,7 +21,7 @@ internal sealed unsafe class CudaBackend
     private readonly NetworkSpec _spec;
     private readonly nint _stream, _blas, _dnn, _relu;
     private float* _values;
-    private long _uploadedVersion = -1;
+    private (long Weights, long Statistics) _uploadedVersion = (-1, -1);
     private float* _arena;
     private long _arenaFloats;
     private float* _input, _pinned;
@@ -91,7 +91,7 @@ internal sealed unsafe class CudaBackend
     }
 
     /// <summary>Before a forward: the device arena for <paramref name="batch"/> images, and the weights if they changed.</summary>
-    public void BeginForward(int batch, ReadOnlySpan<float> values, long version)
+    public void BeginForward(int batch, ReadOnlySpan<float> values, (long Weights, long Statistics) version)
     {
         Grow(ref _arena, ref _arenaFloats, batch * _spec.ArenaPerImage, "activations");
         if (version != _uploadedVersion)

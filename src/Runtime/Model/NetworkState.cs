@@ -398,7 +398,7 @@ public sealed unsafe class NetworkState
             if (IsTraining) RefuseTrainingOnGpu();
             if (need > Array.MaxLength) Ensure(ref _arena, need, "activations", _spec.Name, batch);
             if (_arena.Length < need) _arena = GC.AllocateUninitializedArray<float>((int)need);
-            _gpu.BeginForward(batch, ValueArray, _weightsVersion * 1_000_003 + _statisticsVersion);
+            _gpu.BeginForward(batch, ValueArray, (_weightsVersion, _statisticsVersion));
             return _arena.AsSpan(0, (int)need);
         }
         Ensure(ref _arena, need, "activations", _spec.Name, batch);
