@@ -126,14 +126,15 @@ internal static unsafe class Backward
 
     /// <summary>
     /// <see cref="ConvData"/> for the whole batch at once, for small maps: gcols [K x batch*HW] = W^T . gz (gz gathered
-    /// into <paramref name="gzRows"/> as [Cout x batch*HW]), then col2im into every image's gx.
+    /// into <paramref name="gzRows"/> as [Cout x batch*HW], unless <paramref name="gzGathered"/> says the filter
+    /// gradient already did), then col2im into every image's gx.
     /// </summary>
     public static void ConvDataFolded(float* gz, float* weights, float* gx, float* cols, float* gzRows, int batch,
-        int cin, int h, int w, int cout, int oh, int ow, int kernel, int stride, int pad)
+        int cin, int h, int w, int cout, int oh, int ow, int kernel, int stride, int pad, bool gzGathered = false)
     {
         int hw = oh * ow, q = batch * hw;
         int k = cin * kernel * kernel;
-        GatherPlanes(gz, gzRows, batch, cout, hw);
+        if (!gzGathered) GatherPlanes(gz, gzRows, batch, cout, hw);
         Gemm.Multiply(WeightsTransposed(weights, k), k, cout, gzRows, q, q, cols, q, accumulate: false);
         var job = new ScatterJob { Cols = cols, Gx = gx, H = h, W = w, OH = oh, OW = ow, Kernel = kernel, Stride = stride, Pad = pad, Cin = cin, Ld = q };
         WorkerPool.Shared.Run(&ScatterChannel, &job, batch * cin);

@@ -524,7 +524,7 @@ public sealed unsafe class NetworkState
             {
                 Cpu.Backward.ConvFilterFolded(px, pg, pgrads + c.Weight, pcols, prows, batch, cin, h, w, cout, oh, ow, kernel, stride, pad);
                 if (!gx.IsEmpty)
-                    Cpu.Backward.ConvDataFolded(pg, pvalues + c.Weight, pgx, pcols, prows, batch, cin, h, w, cout, oh, ow, kernel, stride, pad);
+                    Cpu.Backward.ConvDataFolded(pg, pvalues + c.Weight, pgx, pcols, prows, batch, cin, h, w, cout, oh, ow, kernel, stride, pad, gzGathered: true);
             }
             else
             {

@@ -1,5 +1,7 @@
 using System;
 using System.Collections.Generic;
+using System.Numerics;
+using System.Runtime.InteropServices;
 
 namespace Unrolled;
 
@@ -42,7 +44,32 @@ public sealed class AdamW : Optimizer
         float b1 = Beta1, b2 = Beta2, eps = Epsilon;
         var m = _expAvg.AsSpan(Runtime.Skew.First + offset, p.Length);
         var v = _expAvgSq.AsSpan(Runtime.Skew.Second + offset, p.Length);
-        for (int i = 0; i < p.Length; i++)
+        int i = 0;
+        // A vector at a time: the same operations in the same order as the loop below, so the same bits.
+        ref float rp = ref MemoryMarshal.GetReference(p);
+        ref float rg = ref MemoryMarshal.GetReference(g);
+        ref float rm = ref MemoryMarshal.GetReference(m);
+        ref float rv = ref MemoryMarshal.GetReference(v);
+        var vDecay = new Vector<float>(decay);
+        var vKeep1 = new Vector<float>(1 - b1);
+        var vB2 = new Vector<float>(b2);
+        var vKeep2 = new Vector<float>(1 - b2);
+        var vStep = new Vector<float>(stepSize);
+        var vCorrection = new Vector<float>(correction2Sqrt);
+        var vEps = new Vector<float>(eps);
+        for (; i <= p.Length - Vector<float>.Count; i += Vector<float>.Count)
+        {
+            var gi = Vector.LoadUnsafe(ref rg, (nuint)i);
+            var pi = Vector.LoadUnsafe(ref rp, (nuint)i) * vDecay;
+            var mi = Vector.LoadUnsafe(ref rm, (nuint)i);
+            mi += vKeep1 * (gi - mi);
+            var vi = vB2 * Vector.LoadUnsafe(ref rv, (nuint)i) + vKeep2 * gi * gi;
+            pi -= vStep * mi / (Vector.SquareRoot(vi) / vCorrection + vEps);
+            mi.StoreUnsafe(ref rm, (nuint)i);
+            vi.StoreUnsafe(ref rv, (nuint)i);
+            pi.StoreUnsafe(ref rp, (nuint)i);
+        }
+        for (; i < p.Length; i++)
         {
             float gi = g[i];
             p[i] *= decay;
