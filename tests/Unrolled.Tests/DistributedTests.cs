@@ -70,10 +70,10 @@ public sealed class DistributedTests(ITestOutputHelper output) : IDisposable
         foreach (var (steps, tolerance) in Checks) PerRank(steps, tolerance);
     }
 
-    private void PerRank(int Steps, double tolerance)
+    private void PerRank(int steps, double tolerance)
     {
-        string file = Path.Combine(_dir, $"ddp{Steps}.safetensors");
-        var run = Mpirun("ddp", Steps, file);
+        string file = Path.Combine(_dir, $"ddp{steps}.safetensors");
+        var run = Mpirun("ddp", steps, file);
         Assert.True(run.Code == 0, run.Output);
 
         // One process: both ranks' losses, gradients accumulated and halved, then the same SGD step.
@@ -81,7 +81,7 @@ public sealed class DistributedTests(ITestOutputHelper output) : IDisposable
         net.Train();
         var sgd = new Sgd(net, 0.01f, momentum: 0.9f, weightDecay: 1e-4f);
         var logits = new float[Data.BatchSize * DistNet.NumClasses];
-        for (int step = 0; step < Steps; step++)
+        for (int step = 0; step < steps; step++)
         {
             sgd.ZeroGrad();
             for (int rank = 0; rank < 2; rank++)
@@ -102,17 +102,17 @@ public sealed class DistributedTests(ITestOutputHelper output) : IDisposable
         foreach (var (steps, tolerance) in Checks) Synchronized(steps, tolerance);
     }
 
-    private void Synchronized(int Steps, double tolerance)
+    private void Synchronized(int steps, double tolerance)
     {
-        string file = Path.Combine(_dir, $"sync{Steps}.safetensors");
-        var run = Mpirun("sync", Steps, file);
+        string file = Path.Combine(_dir, $"sync{steps}.safetensors");
+        var run = Mpirun("sync", steps, file);
         Assert.True(run.Code == 0, run.Output);
 
         var net = new DistNet();
         net.Train();
         var sgd = new Sgd(net, 0.01f, momentum: 0.9f, weightDecay: 1e-4f);
         var logits = new float[2 * Data.BatchSize * DistNet.NumClasses];
-        for (int step = 0; step < Steps; step++)
+        for (int step = 0; step < steps; step++)
         {
             var (x0, y0) = Data.Batch(step, 0);
             var (x1, y1) = Data.Batch(step, 1);

@@ -14,9 +14,9 @@ internal static unsafe class Backward
     /// Conv filter gradient for one image: dW[Cout x K] += gz[Cout x HW] . cols(x)^T, with cols(x)^T [HW x K]
     /// gathered straight into the GEMM's column panels in <paramref name="panels"/> and gz read in place.
     /// </summary>
-    public static void ConvFilter(float* x, float* gz, float* dw, float* panels, float* rows,
+    public static void ConvFilter(float* x, float* gz, float* dw, float* panels,
         int cin, int h, int w, int cout, int oh, int ow, int kernel, int stride, int pad) =>
-        ConvFilterFolded(x, gz, dw, panels, rows, 1, cin, h, w, cout, oh, ow, kernel, stride, pad);
+        ConvFilterFolded(x, gz, dw, panels, rows: null, 1, cin, h, w, cout, oh, ow, kernel, stride, pad);
 
     /// <summary>
     /// <see cref="ConvFilter"/> for the whole batch at once, for small maps: dW += gz[Cout x batch*HW] . cols^T,

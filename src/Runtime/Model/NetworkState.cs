@@ -380,11 +380,11 @@ public sealed unsafe class NetworkState
         return batch;
     }
 
-    private static void Ensure(ref float[] buffer, long floats, string what, string name, int batch)
+    private static void Ensure(ref float[] buffer, long floats, string what, string name, int batch, bool uninitialized = false)
     {
         if (floats > Array.MaxLength)
             throw new ArgumentException($"{name}: a batch of {batch} needs {floats} floats of {what}, more than one array holds; use a smaller batch.", "input");
-        if (buffer.Length < floats) buffer = new float[floats];
+        if (buffer.Length < floats) buffer = uninitialized ? GC.AllocateUninitializedArray<float>((int)floats) : new float[floats];
     }
 
     /// <summary>Checks the lengths, prepares weights if needed and returns the activation arena for the batch.</summary>
@@ -396,8 +396,7 @@ public sealed unsafe class NetworkState
         {
             // The host arena only gives the generated code's slices their offsets: never written, so never touched.
             if (IsTraining) RefuseTrainingOnGpu();
-            if (need > Array.MaxLength) Ensure(ref _arena, need, "activations", _spec.Name, batch);
-            if (_arena.Length < need) _arena = GC.AllocateUninitializedArray<float>((int)need);
+            Ensure(ref _arena, need, "activations", _spec.Name, batch, uninitialized: true);
             _gpu.BeginForward(batch, ValueArray, (_weightsVersion, _statisticsVersion));
             return _arena.AsSpan(0, (int)need);
         }
@@ -531,7 +530,7 @@ public sealed unsafe class NetworkState
                 long inPerImage = (long)cin * h * w, outPerImage = (long)cout * hw;
                 for (int n = 0; n < batch; n++)
                 {
-                    Cpu.Backward.ConvFilter(px + n * inPerImage, pg + n * outPerImage, pgrads + c.Weight, pcols, prows,
+                    Cpu.Backward.ConvFilter(px + n * inPerImage, pg + n * outPerImage, pgrads + c.Weight, pcols,
                         cin, h, w, cout, oh, ow, kernel, stride, pad);
                     if (!gx.IsEmpty)
                         Cpu.Backward.ConvData(pg + n * outPerImage, pvalues + c.Weight, pgx + n * inPerImage, pcols, cin, h, w, cout, oh, ow, kernel, stride, pad);

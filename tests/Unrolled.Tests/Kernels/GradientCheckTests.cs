@@ -60,12 +60,11 @@ public unsafe class GradientCheckTests
         var dw = new float[weight.Length];
         var dx = new float[x.Length];
         var cols = new float[Backward.FilterPanelFloats(hw, kk)]; // the filter gradient's column panels (K padded), then the data gradient's columns
-        var packedG = new float[Gemm.PackedRows(cout) * hw];
-        fixed (float* px = x, pr = r, pdw = dw, pdx = dx, pw = weight, pc = cols, pg = packedG)
+        fixed (float* px = x, pr = r, pdw = dw, pdx = dx, pw = weight, pc = cols)
         {
             for (int n = 0; n < batch; n++)
             {
-                Backward.ConvFilter(px + n * cin * h * w, pr + n * cout * hw, pdw, pc, pg, cin, h, w, cout, oh, ow, k, stride, pad);
+                Backward.ConvFilter(px + n * cin * h * w, pr + n * cout * hw, pdw, pc, cin, h, w, cout, oh, ow, k, stride, pad);
                 Backward.ConvData(pr + n * cout * hw, pw, pdx + n * cin * h * w, pc, cin, h, w, cout, oh, ow, k, stride, pad);
             }
         }
@@ -76,11 +75,10 @@ public unsafe class GradientCheckTests
         var dwFolded = new float[weight.Length];
         var dxFolded = new float[x.Length];
         var colsFolded = new float[Backward.FilterPanelFloats(batch * hw, kk)];
-        var packedFolded = new float[Gemm.PackedRows(cout) * batch * hw];
         var rows = new float[cout * batch * hw];
-        fixed (float* px = x, pr = r, pdw = dwFolded, pdx = dxFolded, pw = weight, pc = colsFolded, pg = packedFolded, prow = rows)
+        fixed (float* px = x, pr = r, pdw = dwFolded, pdx = dxFolded, pw = weight, pc = colsFolded, prow = rows)
         {
-            Backward.ConvFilterFolded(px, pr, pdw, pc, pg, batch, cin, h, w, cout, oh, ow, k, stride, pad);
+            Backward.ConvFilterFolded(px, pr, pdw, pc, prow, batch, cin, h, w, cout, oh, ow, k, stride, pad);
             Backward.ConvDataFolded(pr, pw, pdx, pc, prow, batch, cin, h, w, cout, oh, ow, k, stride, pad);
         }
         Check(weight, dwFolded, Forward, 0.25f, 1e-4, "dW (batch folded)");
