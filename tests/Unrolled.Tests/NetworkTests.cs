@@ -134,11 +134,7 @@ public class AllocationTests
             var input = Naive.RandomFloats(new Random(1), batch * c * h * w);
             var logits = new float[batch * net.OutputSize];
             net.Forward(input, logits); // first call: arena and packed weights
-            long before = GC.GetAllocatedBytesForCurrentThread();
-            net.Forward(input, logits);
-            net.Forward(input, logits);
-            long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
-            Assert.Equal(0, allocated);
+            SteadyState.AssertAllocatesNothing($"{net.GetType().Name} forward, batch {batch}", () => net.Forward(input, logits));
         }
     }
 }

@@ -281,14 +281,18 @@ internal static unsafe class Gemm
         Store(acc, c, ldc, rows, cols, scale, bias, residual, relu);
     }
 
-    [ThreadStatic] private static float[]? t_edgeTile;
+    [ThreadStatic] private static float* t_edgeTile;
 
-    /// <summary>This thread's MR x NR scratch tile (pinned, allocated once per thread).</summary>
+    /// <summary>
+    /// This thread's MR x NR scratch tile: native memory, allocated once per thread and kept for the thread's life
+    /// (1.5 KB), like the B panel scratch. Not a managed array: which thread first takes an edge tile depends on
+    /// timing, and a managed first allocation would then land in whichever step that happens to be.
+    /// </summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
     private static float* EdgeTile()
     {
-        t_edgeTile ??= GC.AllocateArray<float>(MR * NR, pinned: true);
-        return (float*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(t_edgeTile));
+        if (t_edgeTile == null) t_edgeTile = (float*)NativeMemory.AlignedAlloc(MR * NR * sizeof(float), 64);
+        return t_edgeTile;
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
