@@ -6,10 +6,12 @@ using Unrolled;
 using Unrolled.Gpu;
 using Unrolled.IO;
 
-// gpucheck [--reference DIR]: on a machine with an NVIDIA GPU, runs PyTorch's reference cases on Device.Cuda and
+// gpucheck [--reference DIR] [--quick]: on a machine with an NVIDIA GPU, runs PyTorch's reference cases on Device.Cuda and
 // compares them with PyTorch's numbers (the CPU tolerance: max |ours - torch| <= 1e-3 max |torch|, same top-1),
-// then measures inference throughput. DIR holds ../shared/reference's files (default: found above this program).
-// Exit code: 0 when every reference case passes, 1 when one fails, 2 when CUDA cannot be used.
+// then the train-mode gradients and two SGD steps of tiny18 and tiny50 (the CPU tests' tolerances), then measures
+// inference and training throughput. DIR holds ../shared/reference's files (default: found above this program).
+// --quick runs the tiny networks' cases only (no ResNet-50, no throughput): FakeCudaTests run it against a CPU
+// stand-in of the CUDA libraries. Exit code: 0 when every reference case passes, 1 when one fails, 2 when CUDA cannot be used.
 namespace Unrolled.GpuCheck
 {
     [ResNet(18, NumClasses = 10, BaseWidth = 8, ImageSize = 64)]
@@ -25,7 +27,9 @@ namespace Unrolled.GpuCheck
     {
         public static int Main(string[] args)
         {
-            string? reference = args.Length == 2 && args[0] == "--reference" ? args[1] : FindReference();
+            int at = Array.IndexOf(args, "--reference");
+            string? reference = at >= 0 && at + 1 < args.Length ? args[at + 1] : FindReference();
+            bool quick = Array.IndexOf(args, "--quick") >= 0;
             var probe = CudaLibraries.Probe();
             Console.WriteLine($"probe: {probe.Reason}");
             if (!probe.Usable) return 2;
@@ -48,10 +52,22 @@ namespace Unrolled.GpuCheck
             int failures = 0;
             failures += Case("tiny18", () => new Tiny18(Device.Cuda), () => new Tiny18(), reference, "tiny18.safetensors", "tiny18_io.safetensors", 10);
             failures += Case("tiny50", () => new Tiny50(Device.Cuda), () => new Tiny50(), reference, "tiny50.safetensors", "tiny50_io.safetensors", 10);
-            failures += Case("resnet50", () => new ResNet50(Device.Cuda), () => new ResNet50(), reference, "resnet50_seed1.pth", "resnet50_seed1_io.safetensors", 1000);
-            Console.WriteLine("training on the GPU: not implemented yet (the CUDA backend runs eval-mode Forward only)");
+            if (!quick)
+                failures += Case("resnet50", () => new ResNet50(Device.Cuda), () => new ResNet50(), reference, "resnet50_seed1.pth", "resnet50_seed1_io.safetensors", 1000);
+            failures += Gradients("tiny18", () => new Tiny18(Device.Cuda), reference);
+            failures += Gradients("tiny50", () => new Tiny50(Device.Cuda), reference);
+            failures += TwoSteps("tiny18", () => new Tiny18(Device.Cuda), reference);
+            failures += TwoSteps("tiny50", () => new Tiny50(Device.Cuda), reference);
+            failures += SteadyState("tiny50", () => new Tiny50(Device.Cuda), reference);
 
-            foreach (int batch in new[] { 1, 32, 256 }) Throughput(batch);
+            if (!quick)
+            {
+                foreach (int batch in new[] { 1, 32, 256 }) Throughput(batch);
+                // A training step keeps 22.4 M floats per 224x224 image for backward; the generated code addresses them
+                // with int offsets, so one ForwardBackward holds at most 95 images. Batch 128 is two of 64, accumulated.
+                TrainingThroughput(64, 1);
+                TrainingThroughput(64, 2);
+            }
             Console.WriteLine(failures == 0 ? "all reference cases pass" : $"{failures} reference case(s) failed");
             return failures == 0 ? 0 : 1;
         }
@@ -102,6 +118,207 @@ namespace Unrolled.GpuCheck
             }
         }
 
+        private static IResNet? LoadTiny(string name, Func<IResNet> onGpu, string dir, out Dictionary<string, float[]> io)
+        {
+            string weightsPath = Path.Combine(dir, name + ".safetensors"), ioPath = Path.Combine(dir, name + "_io.safetensors");
+            io = new Dictionary<string, float[]>();
+            if (!File.Exists(weightsPath) || !File.Exists(ioPath))
+            {
+                Console.WriteLine($"{name} training: FAIL: {weightsPath} or {ioPath} is missing");
+                return null;
+            }
+            io = Read(ioPath);
+            var net = onGpu();
+            net.LoadWeights(weightsPath);
+            net.Train();
+            return net;
+        }
+
+        private static int[] Labels(Dictionary<string, float[]> io) => Array.ConvertAll(io["target"], v => (int)v);
+
+        /// <summary>Train-mode logits, loss and every parameter's gradient against PyTorch's (the CPU test's tolerances).</summary>
+        private static int Gradients(string name, Func<IResNet> onGpu, string dir)
+        {
+            try
+            {
+                var net = LoadTiny(name, onGpu, dir, out var io);
+                if (net is null) return 1;
+                var logits = new float[io["logits_train"].Length];
+                float loss = net.ForwardBackward(io["input"], Labels(io), logits);
+                double logitError = MaxRelative(logits, io["logits_train"]);
+                double lossError = Math.Abs(loss - io["loss"][0]) / Math.Abs(io["loss"][0]);
+                bool pass = logitError <= 1e-3 && lossError <= 1e-3;
+                int checkedCount = 0, failed = 0;
+                double worstRatio = 0;
+                string worst = "";
+                foreach (string key in net.StateKeys)
+                {
+                    if (!io.TryGetValue("grad." + key, out var expected)) continue;
+                    double error = RelativeL2(net.GetGradient(key), expected);
+                    double tolerance = Math.Max(2e-3, 5 * io["fp32err.grad." + key][0]);
+                    if (!(error <= tolerance))
+                    {
+                        failed++;
+                        if (failed <= 5) Console.WriteLine($"  {name} grad {key}: relative L2 {error:E3} > {tolerance:E3}");
+                    }
+                    if (error / tolerance > worstRatio) (worstRatio, worst) = (error / tolerance, $"{key} {error:E2} (tolerance {tolerance:E2})");
+                    checkedCount++;
+                }
+                pass &= failed == 0 && checkedCount > 0;
+                Console.WriteLine($"{name} gradients: {(pass ? "PASS" : "FAIL")}: train-mode logits {logitError:E3}, loss {lossError:E3}, " +
+                    $"{checkedCount - failed}/{checkedCount} gradients within tolerance; closest: {worst}");
+                return pass ? 0 : 1;
+            }
+            catch (Exception e)
+            {
+                Console.WriteLine($"{name} gradients: FAIL: {e.GetType().Name}: {e.Message}");
+                return 1;
+            }
+        }
+
+        /// <summary>Two steps of SGD(lr 0.1, momentum 0.9, weight decay 1e-4): each update against PyTorch's where PyTorch's own fp32 run is stable.</summary>
+        private static int TwoSteps(string name, Func<IResNet> onGpu, string dir)
+        {
+            try
+            {
+                var net = LoadTiny(name, onGpu, dir, out var io);
+                if (net is null) return 1;
+                var before = new Dictionary<string, float[]>();
+                foreach (string key in net.StateKeys) before[key] = net.GetTensor(key);
+                var sgd = new Sgd(net, learningRate: 0.1f, momentum: 0.9f, weightDecay: 1e-4f);
+                var logits = new float[io["logits_train"].Length];
+                for (int step = 0; step < 2; step++)
+                {
+                    sgd.ZeroGrad();
+                    net.ForwardBackward(io["input"], Labels(io), logits);
+                    sgd.Step();
+                }
+                int checkedCount = 0, failed = 0;
+                foreach (string key in net.StateKeys)
+                {
+                    if (!io.TryGetValue("after2steps." + key, out var after)) continue;
+                    double fp32 = io["fp32err.after2steps." + key][0];
+                    if (fp32 > 1e-2) continue; // PyTorch's own float32 trajectory diverges there
+                    var now = net.GetTensor(key);
+                    var expectedUpdate = new float[after.Length];
+                    var actualUpdate = new float[after.Length];
+                    for (int i = 0; i < after.Length; i++)
+                    {
+                        expectedUpdate[i] = after[i] - before[key][i];
+                        actualUpdate[i] = now[i] - before[key][i];
+                    }
+                    double error = RelativeL2(actualUpdate, expectedUpdate), tolerance = Math.Max(1e-2, 5 * fp32);
+                    if (!(error <= tolerance))
+                    {
+                        failed++;
+                        if (failed <= 5) Console.WriteLine($"  {name} {key}: update relative L2 {error:E3} > {tolerance:E3}");
+                    }
+                    checkedCount++;
+                }
+                float tracked = net.GetTensor("bn1.num_batches_tracked")[0];
+                bool pass = failed == 0 && checkedCount >= 90 && tracked == 9f;
+                Console.WriteLine($"{name} two SGD steps: {(pass ? "PASS" : "FAIL")}: {checkedCount - failed}/{checkedCount} updates within tolerance, " +
+                    $"bn1.num_batches_tracked {tracked} (expected 9)");
+                return pass ? 0 : 1;
+            }
+            catch (Exception e)
+            {
+                Console.WriteLine($"{name} two SGD steps: FAIL: {e.GetType().Name}: {e.Message}");
+                return 1;
+            }
+        }
+
+        /// <summary>
+        /// Managed bytes allocated by an inference call and by a training step (ZeroGrad, ForwardBackward, SGD step) on
+        /// the GPU once warmed up: the least over four windows of two calls (the runtime may allocate once on its own).
+        /// </summary>
+        private static int SteadyState(string name, Func<IResNet> onGpu, string dir)
+        {
+            try
+            {
+                var net = LoadTiny(name, onGpu, dir, out var io);
+                if (net is null) return 1;
+                var sgd = new Sgd(net, learningRate: 0.01f, momentum: 0.9f, weightDecay: 1e-4f);
+                float[] input = io["input"];
+                int[] labels = Labels(io);
+                var logits = new float[io["logits_train"].Length];
+                long training = Least(() =>
+                {
+                    sgd.ZeroGrad();
+                    net.ForwardBackward(input, labels, logits);
+                    sgd.Step();
+                });
+                net.Eval();
+                long inference = Least(() => net.Forward(input, logits));
+                bool pass = training == 0 && inference == 0;
+                Console.WriteLine($"{name} steady state: {(pass ? "PASS" : "FAIL")}: {inference} B allocated per inference call, {training} B per training step");
+                return pass ? 0 : 1;
+            }
+            catch (Exception e)
+            {
+                Console.WriteLine($"{name} steady state: FAIL: {e.GetType().Name}: {e.Message}");
+                return 1;
+            }
+        }
+
+        private static long Least(Action call)
+        {
+            for (int i = 0; i < 2; i++) call(); // descriptors, algorithm search, buffers
+            long least = long.MaxValue;
+            for (int window = 0; window < 4 && least > 0; window++)
+            {
+                long before = GC.GetAllocatedBytesForCurrentThread();
+                call();
+                call();
+                least = Math.Min(least, GC.GetAllocatedBytesForCurrentThread() - before);
+            }
+            return least;
+        }
+
+        /// <summary>ResNet-50 training img/s: ZeroGrad, <paramref name="microBatches"/> ForwardBackward of <paramref name="batch"/>, an SGD step.</summary>
+        private static void TrainingThroughput(int batch, int microBatches)
+        {
+            string what = microBatches == 1 ? $"batch {batch}" : $"batch {batch * microBatches} ({microBatches} x {batch} accumulated)";
+            try
+            {
+                var net = new ResNet50(Device.Cuda);
+                net.Train();
+                var sgd = new Sgd(net, learningRate: 0.01f, momentum: 0.9f, weightDecay: 1e-4f);
+                var input = new float[batch * ResNet50.InputSize];
+                for (int i = 0; i < input.Length; i++) input[i] = (i % 251) / 251f - 0.5f;
+                var labels = new int[batch];
+                for (int i = 0; i < batch; i++) labels[i] = i * 7 % ResNet50.NumClasses;
+                var logits = new float[batch * ResNet50.NumClasses];
+                void Step()
+                {
+                    sgd.ZeroGrad();
+                    for (int m = 0; m < microBatches; m++) net.ForwardBackward(input, labels, logits);
+                    sgd.Step();
+                }
+                for (int i = 0; i < 2; i++) Step(); // algorithm search, uploads
+                int steps = Math.Max(3, 256 / (batch * microBatches));
+                var clock = Stopwatch.StartNew();
+                for (int i = 0; i < steps; i++) Step();
+                double seconds = clock.Elapsed.TotalSeconds;
+                Console.WriteLine($"training resnet50 {what}: {batch * microBatches * steps / seconds:F0} img/s ({seconds * 1000 / steps:F1} ms per step, SGD on the host)");
+            }
+            catch (Exception e)
+            {
+                Console.WriteLine($"training resnet50 {what}: FAIL: {e.GetType().Name}: {e.Message}");
+            }
+        }
+
+        private static double RelativeL2(ReadOnlySpan<float> actual, ReadOnlySpan<float> expected)
+        {
+            double diff = 0, norm = 0;
+            for (int i = 0; i < expected.Length; i++)
+            {
+                diff += Math.Pow(actual[i] - expected[i], 2);
+                norm += Math.Pow(expected[i], 2);
+            }
+            return Math.Sqrt(diff) / Math.Max(Math.Sqrt(norm), 1e-30);
+        }
+
         /// <summary>ResNet-50 forward img/s from host memory to host memory (input upload and logits download included).</summary>
         private static void Throughput(int batch)
         {
@@ -131,9 +348,15 @@ namespace Unrolled.GpuCheck
             using var file = TensorFile.Open(path);
             foreach (var t in file.Tensors)
             {
-                if (t.DType != DType.F32) continue;
                 var data = new float[t.Count];
-                file.ReadFloat32(t, data);
+                if (t.DType == DType.F32) file.ReadFloat32(t, data);
+                else if (t.DType == DType.I64 && file is SafeTensorsFile safetensors)
+                {
+                    var values = new long[t.Count];
+                    safetensors.ReadInt64(t, values);
+                    data = Array.ConvertAll(values, v => (float)v);
+                }
+                else continue;
                 result[t.Key] = data;
             }
             return result;

@@ -1,4 +1,5 @@
 using System;
+using System.Collections.Generic;
 using System.Diagnostics;
 using System.Text;
 
@@ -8,7 +9,7 @@ namespace Unrolled.Tests;
 internal static class ChildProcess
 {
     public static (int Code, string Output, double Seconds) Run(string file, string arguments, string workingDirectory,
-        int timeoutSeconds, bool emptyEnvironment = false)
+        int timeoutSeconds, bool emptyEnvironment = false, IReadOnlyDictionary<string, string>? environment = null)
     {
         var start = new ProcessStartInfo(file, arguments)
         {
@@ -27,6 +28,8 @@ internal static class ChildProcess
             start.Environment["DOTNET_CLI_TELEMETRY_OPTOUT"] = "1";
             start.Environment["DOTNET_NOLOGO"] = "1";
         }
+        if (environment is not null)
+            foreach (var (name, value) in environment) start.Environment[name] = value;
         Process process;
         try
         {

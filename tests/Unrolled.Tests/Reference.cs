@@ -47,31 +47,18 @@ internal static class Reference
             var data = new float[t.Count];
             if (t.DType == DType.F32) file.ReadFloat32(t, data);
             else if (t.DType == DType.I64 && t.Count == 1) data[0] = file.ReadInt64Scalar(t);
-            else if (t.DType == DType.I64) data = ReadInt64Vector(path, t);
+            else if (t.DType == DType.I64 && file is SafeTensorsFile safetensors)
+            {
+                var values = new long[t.Count];
+                safetensors.ReadInt64(t, values);
+                data = Array.ConvertAll(values, v => (float)v);
+            }
             else throw new NotSupportedException(t.DType.ToString());
             result[t.Key] = (data, t.Shape);
         }
         return result;
     }
 
-    private static float[] ReadInt64Vector(string path, TensorInfo t)
-    {
-        // Only the small label vectors are int64 arrays: read them straight from the file.
-        using var stream = File.OpenRead(path);
-        var header = new byte[8];
-        stream.ReadExactly(header);
-        long headerLength = BitConverter.ToInt64(header);
-        var json = new byte[headerLength];
-        stream.ReadExactly(json);
-        using var doc = System.Text.Json.JsonDocument.Parse(json);
-        var offsets = doc.RootElement.GetProperty(t.Key).GetProperty("data_offsets");
-        stream.Position = 8 + headerLength + offsets[0].GetInt64();
-        var bytes = new byte[t.Count * 8];
-        stream.ReadExactly(bytes);
-        var result = new float[t.Count];
-        for (int i = 0; i < result.Length; i++) result[i] = BitConverter.ToInt64(bytes, i * 8);
-        return result;
-    }
 
     /// <summary>max |a - b| / max |b|.</summary>
     public static double MaxRelative(ReadOnlySpan<float> actual, ReadOnlySpan<float> expected)

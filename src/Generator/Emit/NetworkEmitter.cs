@@ -267,7 +267,7 @@ internal static class NetworkEmitter
             var l = step.Main;
             w.Line("// backward of " + Comment(step));
             foreach (int t in new[] { step.Input, step.Residual })
-                if (t > 0 && plan.ZeroAt[t] == i) w.Line($"{G(t)}.Clear();");
+                if (t > 0 && plan.ZeroAt[t] == i) w.Line($"s.ZeroGradient({G(t)});");
             switch (step.Kind)
             {
                 case StepKind.ConvBn:

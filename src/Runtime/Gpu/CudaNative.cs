@@ -1,4 +1,5 @@
 using System;
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 
 namespace Unrolled.Gpu;
@@ -7,7 +8,7 @@ namespace Unrolled.Gpu;
 /// Source-generated bindings (AOT-safe) to what the network uses of cudart, cuBLAS and cuDNN 9 (its stable
 /// "legacy" API: descriptors, convolution, BatchNorm, activation, pooling, add). The library names are resolved by
 /// <see cref="CudaLibraries.UseProbedLibraries"/> to the files the probe found. Every call returns a status that
-/// <see cref="Check"/> turns into a <see cref="CudaException"/> naming the call and the library's error string.
+/// <see cref="Check(int, string)"/> turns into a <see cref="CudaException"/> naming the call and the library's error string.
 /// </summary>
 internal static unsafe partial class CudaNative
 {
@@ -55,6 +56,9 @@ internal static unsafe partial class CudaNative
         float* alpha, float* a, int lda, float* b, int ldb, float* beta, float* c, int ldc);
     [LibraryImport(Cublas, EntryPoint = "cublasSaxpy_v2")] public static partial int cublasSaxpy(nint handle, int n, float* alpha, float* x, int incx, float* y, int incy);
     [LibraryImport(Cublas, EntryPoint = "cublasSscal_v2")] public static partial int cublasSscal(nint handle, int n, float* alpha, float* x, int incx);
+    [LibraryImport(Cublas, EntryPoint = "cublasSgemv_v2")]
+    public static partial int cublasSgemv(nint handle, int trans, int m, int n, float* alpha, float* a, int lda, float* x, int incx,
+        float* beta, float* y, int incy);
     [LibraryImport(Cublas)] public static partial nint cublasGetStatusString(int status);
 
     // ---------------------------------------------------------------- cuDNN 9
@@ -65,9 +69,12 @@ internal static unsafe partial class CudaNative
     public const int BatchNormSpatial = 1;
     public const int ActivationRelu = 1, PropagateNan = 1;
     public const int PoolingMax = 0, PoolingAverageExcludePadding = 2;
-    public const int FwdAlgoCount = 8;
+    public const int FwdAlgoCount = 8, BwdDataAlgoCount = 6, BwdFilterAlgoCount = 7;
 
-    /// <summary>cudnnConvolutionFwdAlgoPerf_t.</summary>
+    /// <summary>
+    /// cudnnConvolutionFwdAlgoPerf_t; cudnnConvolutionBwdDataAlgoPerf_t and cudnnConvolutionBwdFilterAlgoPerf_t have
+    /// the same layout (an algorithm enum, a status, a time, a workspace size, determinism, math type, 3 reserved).
+    /// </summary>
     [StructLayout(LayoutKind.Sequential)]
     public struct ConvolutionFwdAlgoPerf
     {
@@ -108,6 +115,26 @@ internal static unsafe partial class CudaNative
     [LibraryImport(Cudnn)]
     public static partial int cudnnBatchNormalizationForwardInference(nint handle, int mode, float* alpha, float* beta, nint xDesc, float* x,
         nint yDesc, float* y, nint bnDesc, float* scale, float* bias, float* mean, float* variance, double epsilon);
+    [LibraryImport(Cudnn)]
+    public static partial int cudnnBatchNormalizationForwardTraining(nint handle, int mode, float* alpha, float* beta, nint xDesc, float* x,
+        nint yDesc, float* y, nint bnDesc, float* scale, float* bias, double exponentialAverageFactor, float* runningMean, float* runningVariance,
+        double epsilon, float* saveMean, float* saveInvVariance);
+    [LibraryImport(Cudnn)]
+    public static partial int cudnnBatchNormalizationBackward(nint handle, int mode, float* alphaDataDiff, float* betaDataDiff,
+        float* alphaParamDiff, float* betaParamDiff, nint xDesc, float* x, nint dyDesc, float* dy, nint dxDesc, float* dx,
+        nint bnDesc, float* scale, float* dScale, float* dBias, double epsilon, float* savedMean, float* savedInvVariance);
+    [LibraryImport(Cudnn)]
+    public static partial int cudnnFindConvolutionBackwardDataAlgorithm(nint handle, nint wDesc, nint dyDesc, nint convDesc, nint dxDesc,
+        int requested, int* returned, ConvolutionFwdAlgoPerf* results);
+    [LibraryImport(Cudnn)]
+    public static partial int cudnnFindConvolutionBackwardFilterAlgorithm(nint handle, nint xDesc, nint dyDesc, nint convDesc, nint dwDesc,
+        int requested, int* returned, ConvolutionFwdAlgoPerf* results);
+    [LibraryImport(Cudnn)]
+    public static partial int cudnnConvolutionBackwardData(nint handle, float* alpha, nint wDesc, float* w, nint dyDesc, float* dy, nint convDesc,
+        int algo, void* workspace, nuint workspaceBytes, float* beta, nint dxDesc, float* dx);
+    [LibraryImport(Cudnn)]
+    public static partial int cudnnConvolutionBackwardFilter(nint handle, float* alpha, nint xDesc, float* x, nint dyDesc, float* dy, nint convDesc,
+        int algo, void* workspace, nuint workspaceBytes, float* beta, nint dwDesc, float* dw);
     [LibraryImport(Cudnn)] public static partial int cudnnCreateActivationDescriptor(nint* descriptor);
     [LibraryImport(Cudnn)] public static partial int cudnnSetActivationDescriptor(nint descriptor, int mode, int nanPropagation, double coefficient);
     [LibraryImport(Cudnn)] public static partial int cudnnDestroyActivationDescriptor(nint descriptor);
@@ -121,6 +148,12 @@ internal static unsafe partial class CudaNative
     [LibraryImport(Cudnn)] public static partial int cudnnDestroyPoolingDescriptor(nint descriptor);
     [LibraryImport(Cudnn)]
     public static partial int cudnnPoolingForward(nint handle, nint pooling, float* alpha, nint xDesc, float* x, float* beta, nint yDesc, float* y);
+    [LibraryImport(Cudnn)]
+    public static partial int cudnnPoolingBackward(nint handle, nint pooling, float* alpha, nint yDesc, float* y, nint dyDesc, float* dy,
+        nint xDesc, float* x, float* beta, nint dxDesc, float* dx);
+    [LibraryImport(Cudnn)]
+    public static partial int cudnnActivationBackward(nint handle, nint activation, float* alpha, nint yDesc, float* y, nint dyDesc, float* dy,
+        nint xDesc, float* x, float* beta, nint dxDesc, float* dx);
 
     // ---------------------------------------------------------------- status checking
 
@@ -130,16 +163,59 @@ internal static unsafe partial class CudaNative
         if (status != 0) throw new CudaException(call, status, Text(cudaGetErrorString(status)));
     }
 
-    /// <summary>As <see cref="Check"/> for a cuBLAS status.</summary>
+    /// <summary>As <see cref="Check(int, string)"/>, the call's name formatted only when it failed.</summary>
+    public static void Check(int status, [InterpolatedStringHandlerArgument("status")] ref FailureText call)
+    {
+        if (status != 0) Check(status, call.ToStringAndClear());
+    }
+
+    /// <summary>As <see cref="Check(int, string)"/> for a cuBLAS status.</summary>
     public static void CheckBlas(int status, string call)
     {
         if (status != 0) throw new CudaException(call, status, Text(cublasGetStatusString(status)));
     }
 
-    /// <summary>As <see cref="Check"/> for a cuDNN status.</summary>
+    /// <summary>As <see cref="CheckBlas(int, string)"/>, the call's name formatted only when it failed.</summary>
+    public static void CheckBlas(int status, [InterpolatedStringHandlerArgument("status")] ref FailureText call)
+    {
+        if (status != 0) CheckBlas(status, call.ToStringAndClear());
+    }
+
+    /// <summary>As <see cref="Check(int, string)"/> for a cuDNN status.</summary>
     public static void CheckDnn(int status, string call)
     {
         if (status != 0) throw new CudaException(call, status, Text(cudnnGetErrorString(status)));
+    }
+
+    /// <summary>As <see cref="CheckDnn(int, string)"/>, the call's name formatted only when it failed.</summary>
+    public static void CheckDnn(int status, [InterpolatedStringHandlerArgument("status")] ref FailureText call)
+    {
+        if (status != 0) CheckDnn(status, call.ToStringAndClear());
+    }
+
+    /// <summary>
+    /// An interpolated call name (<c>$"cudnnConvolutionForward (conv {index})"</c>) that is formatted only when the
+    /// status is an error, so that checking every call of a training step allocates nothing.
+    /// </summary>
+    [InterpolatedStringHandler]
+    public ref struct FailureText
+    {
+        private DefaultInterpolatedStringHandler _text;
+        private readonly bool _failed;
+
+        public FailureText(int literalLength, int formattedCount, int status, out bool failed)
+        {
+            _failed = failed = status != 0;
+            _text = failed ? new DefaultInterpolatedStringHandler(literalLength, formattedCount) : default;
+        }
+
+        public void AppendLiteral(string value) => _text.AppendLiteral(value);
+
+        public void AppendFormatted<T>(T value) => _text.AppendFormatted(value);
+
+        public void AppendFormatted<T>(T value, string? format) => _text.AppendFormatted(value, format);
+
+        public string ToStringAndClear() => _failed ? _text.ToStringAndClear() : "";
     }
 
     private static string Text(nint text) => text == 0 ? "no error string" : Marshal.PtrToStringUTF8(text) ?? "no error string";

@@ -133,6 +133,16 @@ internal sealed class SafeTensorsFile : TensorFile
         return BinaryPrimitives.ReadInt64LittleEndian(b);
     }
 
+    /// <summary>An int64 tensor's values (labels in the reference files), little-endian on disk.</summary>
+    public void ReadInt64(TensorInfo tensor, Span<long> destination)
+    {
+        var (begin, end) = _ranges[tensor];
+        if (tensor.DType != DType.I64 || destination.Length * 8L != end - begin)
+            throw Bad(tensor.Key, "internal: int64 read of a mismatched tensor");
+        ReadAt(_dataStart + begin, MemoryMarshal.AsBytes(destination), tensor.Key);
+        if (!BitConverter.IsLittleEndian) BinaryPrimitives.ReverseEndianness(destination, destination);
+    }
+
     private void ReadAt(long position, Span<byte> destination, string key)
     {
         int got = RandomAccess.Read(_stream.SafeFileHandle, destination, position);

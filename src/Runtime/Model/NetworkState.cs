@@ -80,14 +80,12 @@ public sealed unsafe class NetworkState
 
     private static int s_autoNoted;
 
-    // The CUDA backend when the network runs on the GPU (inference only, so far).
+    // The CUDA backend when the network runs on the GPU.
     private readonly Gpu.CudaBackend? _gpu;
 
-    private void RefuseTrainingOnGpu()
-    {
-        if (_gpu is not null)
-            throw new NotSupportedException($"{_spec.Name}: training on the GPU (Device.Cuda) is not implemented yet: the CUDA backend runs eval-mode Forward only. Train on Device.Cpu.");
-    }
+    // True while the host's parameter gradients are known to be all zero (new, or just zeroed): a training step on
+    // the GPU then zeroes the device's instead of uploading them.
+    private bool _gradientsAreZero = true;
 
     /// <summary>
     /// Device.Cpu is the CPU; Device.Auto probes for CUDA (once per process) and says in one line on stderr what it
@@ -104,7 +102,7 @@ public sealed unsafe class NetworkState
                 var probe = Gpu.CudaLibraries.Probe();
                 if (Interlocked.Exchange(ref s_autoNoted, 1) == 0 && Environment.GetEnvironmentVariable("UNROLLED_QUIET") != "1")
                     Console.Error.WriteLine(probe.Usable
-                        ? $"Unrolled: Device.Auto -> CPU: CUDA is usable ({probe.Reason}), but the CUDA backend (inference only) has not been checked on a GPU yet; ask for Device.Cuda to use it"
+                        ? $"Unrolled: Device.Auto -> CPU: CUDA is usable ({probe.Reason}), but the CUDA backend has not been checked on a GPU yet; ask for Device.Cuda to use it"
                         : $"Unrolled: Device.Auto -> CPU: CUDA {probe.Reason}");
                 return Device.Cpu;
             }
@@ -253,6 +251,7 @@ public sealed unsafe class NetworkState
         // ResNet-50's 94 MB on every core: one core alone cannot fill the memory bandwidth.
         if (Gradients.Length < 1 << 20) Gradients.Clear();
         else WorkerPool.Shared.Run(&ClearChunk, this, (Gradients.Length + (1 << 20) - 1) >> 20);
+        _gradientsAreZero = true;
     }
 
     private static void ClearChunk(object state, int chunk)
@@ -380,11 +379,16 @@ public sealed unsafe class NetworkState
         return batch;
     }
 
-    private static void Ensure(ref float[] buffer, long floats, string what, string name, int batch, bool uninitialized = false)
+    private static void Ensure(ref float[] buffer, long floats, string what, string name, int batch)
+    {
+        CheckSize(floats, what, name, batch);
+        if (buffer.Length < floats) buffer = new float[floats];
+    }
+
+    private static void CheckSize(long floats, string what, string name, int batch)
     {
         if (floats > Array.MaxLength)
             throw new ArgumentException($"{name}: a batch of {batch} needs {floats} floats of {what}, more than one array holds; use a smaller batch.", "input");
-        if (buffer.Length < floats) buffer = uninitialized ? GC.AllocateUninitializedArray<float>((int)floats) : new float[floats];
     }
 
     /// <summary>Checks the lengths, prepares weights if needed and returns the activation arena for the batch.</summary>
@@ -394,11 +398,9 @@ public sealed unsafe class NetworkState
         long need = (long)batch * _spec.ArenaPerImage;
         if (_gpu is not null)
         {
-            // The host arena only gives the generated code's slices their offsets: never written, so never touched.
-            if (IsTraining) RefuseTrainingOnGpu();
-            Ensure(ref _arena, need, "activations", _spec.Name, batch, uninitialized: true);
-            _gpu.BeginForward(batch, ValueArray, (_weightsVersion, _statisticsVersion));
-            return _arena.AsSpan(0, (int)need);
+            // The backend's host arena only gives the generated code's slices their offsets: never written.
+            CheckSize(need, "activations", _spec.Name, batch);
+            return _gpu.BeginForward(batch, ValueArray, (_weightsVersion, _statisticsVersion));
         }
         Ensure(ref _arena, need, "activations", _spec.Name, batch);
         Prepare();
@@ -411,7 +413,6 @@ public sealed unsafe class NetworkState
     /// </summary>
     public Span<float> BeginTraining(int inputLength, ReadOnlySpan<int> labels, int logitsLength, out int batch, out Span<float> gradients)
     {
-        RefuseTrainingOnGpu();
         batch = BatchOf(inputLength, logitsLength);
         if (labels.Length != batch)
             throw new ArgumentException($"{_spec.Name}: {labels.Length} labels for a batch of {batch} images; give one label per image.", nameof(labels));
@@ -421,6 +422,19 @@ public sealed unsafe class NetworkState
 
         long saved = (long)batch * _spec.TrainArenaPerImage;
         long grads = (long)batch * _spec.GradientArenaPerImage;
+        if (_gpu is not null)
+        {
+            if (!IsTraining)
+                throw new NotSupportedException($"{_spec.Name}: ForwardBackward on the GPU needs train mode (call Train() first): cuDNN's BatchNorm backward is the batch-statistics one.");
+            CheckSize(saved, "saved activations", _spec.Name, batch);
+            CheckSize(grads, "activation gradients", _spec.Name, batch);
+            _batchStatistics = true;
+            BackUpStatistics();
+            _gpu.BeginTraining(batch, ValueArray, (_weightsVersion, _statisticsVersion), Gradients, _gradientsAreZero, out var savedArena, out gradients);
+            _gradientsAreZero = false;
+            return savedArena;
+        }
+        _gradientsAreZero = false;
         Ensure(ref _trainArena, saved, "saved activations", _spec.Name, batch);
         Ensure(ref _gradientArena, grads, "activation gradients", _spec.Name, batch);
         Ensure(ref _columns, _spec.MaxColumns, "im2col scratch", _spec.Name, batch);
@@ -461,9 +475,9 @@ public sealed unsafe class NetworkState
         int batch, int cin, int h, int w, int cout, int oh, int ow, int kernel, int stride, int pad, bool relu)
     {
         var c = CheckConv(index, cin, cout, kernel);
-        if (_gpu is not null)
+        if (_gpu is not null && !IsTraining)
         {
-            _gpu.Conv(index, _arena, x, y, residual, batch, cin, h, w, cout, oh, ow, kernel, stride, pad, relu);
+            _gpu.ConvForward(index, x, y, y, residual, batch, cin, h, w, cout, oh, ow, stride, pad, relu, batchStatistics: false, ValueArray);
             return;
         }
         if (!IsTraining)
@@ -485,14 +499,22 @@ public sealed unsafe class NetworkState
         bool batchStatistics = IsTraining;
         if (batchStatistics && (long)batch * oh * ow <= 1)
             throw new ArgumentException($"{_spec.Name}: train-mode BatchNorm needs more than one value per channel (PyTorch's rule); a batch of {batch} at {oh}x{ow} has one. Use a larger batch or Eval().");
-        Cpu.Conv.Forward(x, z, ReadOnlySpan<float>.Empty, Weights(c), ReadOnlySpan<float>.Empty, ReadOnlySpan<float>.Empty,
-            batch, cin, h, w, cout, oh, ow, kernel, stride, pad, relu: false);
-        Kernels.BatchNormForward(z, a, residual, ValueArray.AsSpan((int)c.BatchNorm, 4 * cout), _bnMean[index], _bnInvStd[index],
-            batch, cout, oh * ow, relu, batchStatistics, BnSums(cout), StatisticsReducer);
+        if (_gpu is not null)
+            _gpu.ConvForward(index, x, z, a, residual, batch, cin, h, w, cout, oh, ow, stride, pad, relu, batchStatistics, ValueArray);
+        else
+        {
+            Cpu.Conv.Forward(x, z, ReadOnlySpan<float>.Empty, Weights(c), ReadOnlySpan<float>.Empty, ReadOnlySpan<float>.Empty,
+                batch, cin, h, w, cout, oh, ow, kernel, stride, pad, relu: false);
+            Kernels.BatchNormForward(z, a, residual, ValueArray.AsSpan((int)c.BatchNorm, 4 * cout), _bnMean[index], _bnInvStd[index],
+                batch, cout, oh * ow, relu, batchStatistics, BnSums(cout), StatisticsReducer);
+        }
         if (batchStatistics)
         {
             _counters[c.Counter]++;
+            var before = (_weightsVersion, _statisticsVersion);
             _statisticsVersion++;
+            // The device computed these statistics and the host copied them down: both hold the new version.
+            _gpu?.NoteStatistics(before, (_weightsVersion, _statisticsVersion));
         }
     }
 
@@ -505,6 +527,12 @@ public sealed unsafe class NetworkState
         Span<float> gResidual, Span<float> gx, int batch, int cin, int h, int w, int cout, int oh, int ow, int kernel, int stride, int pad, bool relu)
     {
         var c = CheckConv(index, cin, cout, kernel);
+        if (_gpu is not null)
+        {
+            _gpu.ConvBackward(index, x, z, a, g, gResidual, gx, batch, cin, h, w, cout, oh, ow, stride, pad, relu, Gradients);
+            GradientsReady?.Invoke(index);
+            return;
+        }
         int hw = oh * ow;
         bool fold = batch > 1 && hw <= Cpu.Conv.FoldBelow;
         long columns = fold ? (long)batch * hw : hw;
@@ -549,28 +577,43 @@ public sealed unsafe class NetworkState
 
     public void MaxPool(ReadOnlySpan<float> x, Span<float> y, int batch, int channels, int h, int w, int oh, int ow, int kernel, int stride, int pad)
     {
-        if (_gpu is not null) _gpu.MaxPool(_arena, x, y, batch, channels, h, w, oh, ow, kernel, stride, pad);
+        if (_gpu is not null) _gpu.MaxPool(x, y, batch, channels, h, w, oh, ow, kernel, stride, pad);
         else Kernels.MaxPool(x, y, batch * channels, h, w, oh, ow, kernel, stride, pad);
     }
 
     public void MaxPoolBackward(ReadOnlySpan<float> x, ReadOnlySpan<float> g, Span<float> gx, int batch, int channels, int h, int w, int oh, int ow, int kernel, int stride, int pad)
     {
+        if (_gpu is not null)
+        {
+            _gpu.MaxPoolBackward(x, g, gx, batch, channels, h, w, oh, ow, kernel, stride, pad);
+            return;
+        }
         fixed (float* px = x, pg = g, pgx = gx)
             Cpu.Backward.MaxPool(px, pg, pgx, batch * channels, h, w, oh, ow, kernel, stride, pad);
     }
 
     public void GlobalAveragePool(ReadOnlySpan<float> x, Span<float> y, int batch, int channels, int hw)
     {
-        if (_gpu is not null) _gpu.GlobalAveragePool(_arena, x, y, batch, channels, hw);
+        if (_gpu is not null) _gpu.GlobalAveragePool(x, y, batch, channels, hw);
         else Kernels.GlobalAveragePool(x, y, batch * channels, hw);
     }
 
-    public void GlobalAveragePoolBackward(ReadOnlySpan<float> g, Span<float> gx, int batch, int channels, int hw) =>
-        Cpu.Backward.GlobalAveragePool(g, gx, batch * channels, hw);
+    public void GlobalAveragePoolBackward(ReadOnlySpan<float> g, Span<float> gx, int batch, int channels, int hw)
+    {
+        if (_gpu is not null) _gpu.GlobalAveragePoolBackward(g, gx, batch, channels, hw);
+        else Cpu.Backward.GlobalAveragePool(g, gx, batch * channels, hw);
+    }
+
+    /// <summary>Zeroes an activation gradient before its first contribution (on the GPU, its device memory).</summary>
+    public void ZeroGradient(Span<float> gradient)
+    {
+        if (_gpu is not null) _gpu.Zero(gradient);
+        else gradient.Clear();
+    }
 
     public void Linear(ReadOnlySpan<float> x, Span<float> y, int batch)
     {
-        if (_gpu is not null) _gpu.Linear(_arena, x, y, batch);
+        if (_gpu is not null) _gpu.Linear(x, y, batch);
         else LinearOnCpu(x, y, batch);
     }
 
@@ -580,6 +623,12 @@ public sealed unsafe class NetworkState
 
     public void LinearBackward(ReadOnlySpan<float> x, ReadOnlySpan<float> g, Span<float> gx, int batch)
     {
+        if (_gpu is not null)
+        {
+            _gpu.LinearBackward(x, g, gx, batch, Gradients);
+            GradientsReady?.Invoke(-1);
+            return;
+        }
         Cpu.Backward.Linear(x, g, ValueArray.AsSpan((int)_spec.FcWeight, _spec.NumClasses * _spec.FcIn),
             Gradients.Slice((int)_spec.FcWeight, _spec.NumClasses * _spec.FcIn), Gradients.Slice((int)_spec.FcBias, _spec.NumClasses),
             gx, batch, _spec.FcIn, _spec.NumClasses);
@@ -594,6 +643,7 @@ public sealed unsafe class NetworkState
     public float CrossEntropy(ReadOnlySpan<float> logits, ReadOnlySpan<int> labels, Span<float> gLogits, int batch)
     {
         float loss = Cpu.Backward.CrossEntropy(logits, labels, gLogits, batch, _spec.NumClasses);
+        _gpu?.Upload(gLogits);
         LastLoss = loss;
         if (!float.IsFinite(loss) && _batchStatistics) RestoreStatistics();
         return loss;

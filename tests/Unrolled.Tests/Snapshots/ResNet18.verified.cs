@@ -409,87 +409,87 @@ namespace App
             // ---- backward: the same steps in reverse; a gradient is zeroed before its first contribution
 
             // backward of fc: [n, 512] -> [n, 1000]
-            g.Slice(1000 * n, 512 * n).Clear();
+            s.ZeroGradient(g.Slice(1000 * n, 512 * n));
             s.LinearBackward(a.Slice(5168128 * n, 512 * n), g.Slice(0 * n, 1000 * n), g.Slice(1000 * n, 512 * n), n);
             // backward of avgpool: [n, 512, 7, 7] -> [n, 512]
-            g.Slice(1512 * n, 25088 * n).Clear();
+            s.ZeroGradient(g.Slice(1512 * n, 25088 * n));
             s.GlobalAveragePoolBackward(g.Slice(1000 * n, 512 * n), g.Slice(1512 * n, 25088 * n), n, 512, 49);
 
             // layer4.1: BasicBlock, [n, 512, 7, 7] -> [n, 512, 7, 7]
             // backward of conv2 + bn2 + add (identity) + relu2: [n, 512, 7, 7] -> [n, 512, 7, 7], 3x3 stride 1 pad 1
-            g.Slice(26600 * n, 25088 * n).Clear();
-            g.Slice(51688 * n, 25088 * n).Clear();
+            s.ZeroGradient(g.Slice(26600 * n, 25088 * n));
+            s.ZeroGradient(g.Slice(51688 * n, 25088 * n));
             s.ConvBackward(19, a.Slice(5092864 * n, 25088 * n), a.Slice(5117952 * n, 25088 * n), a.Slice(5143040 * n, 25088 * n), g.Slice(1512 * n, 25088 * n), g.Slice(51688 * n, 25088 * n), g.Slice(26600 * n, 25088 * n), n, 512, 7, 7, 512, 7, 7, 3, 1, 1, relu: true);
             // backward of conv1 + bn1 + relu1: [n, 512, 7, 7] -> [n, 512, 7, 7], 3x3 stride 1 pad 1
             s.ConvBackward(18, a.Slice(5042688 * n, 25088 * n), a.Slice(5067776 * n, 25088 * n), a.Slice(5092864 * n, 25088 * n), g.Slice(26600 * n, 25088 * n), default, g.Slice(51688 * n, 25088 * n), n, 512, 7, 7, 512, 7, 7, 3, 1, 1, relu: true);
 
             // layer4.0: BasicBlock, [n, 256, 14, 14] -> [n, 512, 7, 7]
             // backward of conv2 + bn2 + add (downsample) + relu2: [n, 512, 7, 7] -> [n, 512, 7, 7], 3x3 stride 1 pad 1
-            g.Slice(0 * n, 25088 * n).Clear();
-            g.Slice(25088 * n, 25088 * n).Clear();
+            s.ZeroGradient(g.Slice(0 * n, 25088 * n));
+            s.ZeroGradient(g.Slice(25088 * n, 25088 * n));
             s.ConvBackward(17, a.Slice(4992512 * n, 25088 * n), a.Slice(5017600 * n, 25088 * n), a.Slice(5042688 * n, 25088 * n), g.Slice(51688 * n, 25088 * n), g.Slice(25088 * n, 25088 * n), g.Slice(0 * n, 25088 * n), n, 512, 7, 7, 512, 7, 7, 3, 1, 1, relu: true);
             // backward of conv1 + bn1 + relu1: [n, 256, 14, 14] -> [n, 512, 7, 7], 3x3 stride 2 pad 1
-            g.Slice(50176 * n, 50176 * n).Clear();
+            s.ZeroGradient(g.Slice(50176 * n, 50176 * n));
             s.ConvBackward(16, a.Slice(4867072 * n, 50176 * n), a.Slice(4967424 * n, 25088 * n), a.Slice(4992512 * n, 25088 * n), g.Slice(0 * n, 25088 * n), default, g.Slice(50176 * n, 50176 * n), n, 256, 14, 14, 512, 7, 7, 3, 2, 1, relu: true);
             // backward of downsample.0 + downsample.1: [n, 256, 14, 14] -> [n, 512, 7, 7], 1x1 stride 2 pad 0
             s.ConvBackward(15, a.Slice(4867072 * n, 50176 * n), a.Slice(4917248 * n, 25088 * n), a.Slice(4942336 * n, 25088 * n), g.Slice(25088 * n, 25088 * n), default, g.Slice(50176 * n, 50176 * n), n, 256, 14, 14, 512, 7, 7, 1, 2, 0, relu: false);
 
             // layer3.1: BasicBlock, [n, 256, 14, 14] -> [n, 256, 14, 14]
             // backward of conv2 + bn2 + add (identity) + relu2: [n, 256, 14, 14] -> [n, 256, 14, 14], 3x3 stride 1 pad 1
-            g.Slice(0 * n, 50176 * n).Clear();
-            g.Slice(100352 * n, 50176 * n).Clear();
+            s.ZeroGradient(g.Slice(0 * n, 50176 * n));
+            s.ZeroGradient(g.Slice(100352 * n, 50176 * n));
             s.ConvBackward(14, a.Slice(4766720 * n, 50176 * n), a.Slice(4816896 * n, 50176 * n), a.Slice(4867072 * n, 50176 * n), g.Slice(50176 * n, 50176 * n), g.Slice(100352 * n, 50176 * n), g.Slice(0 * n, 50176 * n), n, 256, 14, 14, 256, 14, 14, 3, 1, 1, relu: true);
             // backward of conv1 + bn1 + relu1: [n, 256, 14, 14] -> [n, 256, 14, 14], 3x3 stride 1 pad 1
             s.ConvBackward(13, a.Slice(4666368 * n, 50176 * n), a.Slice(4716544 * n, 50176 * n), a.Slice(4766720 * n, 50176 * n), g.Slice(0 * n, 50176 * n), default, g.Slice(100352 * n, 50176 * n), n, 256, 14, 14, 256, 14, 14, 3, 1, 1, relu: true);
 
             // layer3.0: BasicBlock, [n, 128, 28, 28] -> [n, 256, 14, 14]
             // backward of conv2 + bn2 + add (downsample) + relu2: [n, 256, 14, 14] -> [n, 256, 14, 14], 3x3 stride 1 pad 1
-            g.Slice(0 * n, 50176 * n).Clear();
-            g.Slice(50176 * n, 50176 * n).Clear();
+            s.ZeroGradient(g.Slice(0 * n, 50176 * n));
+            s.ZeroGradient(g.Slice(50176 * n, 50176 * n));
             s.ConvBackward(12, a.Slice(4566016 * n, 50176 * n), a.Slice(4616192 * n, 50176 * n), a.Slice(4666368 * n, 50176 * n), g.Slice(100352 * n, 50176 * n), g.Slice(50176 * n, 50176 * n), g.Slice(0 * n, 50176 * n), n, 256, 14, 14, 256, 14, 14, 3, 1, 1, relu: true);
             // backward of conv1 + bn1 + relu1: [n, 128, 28, 28] -> [n, 256, 14, 14], 3x3 stride 2 pad 1
-            g.Slice(100352 * n, 100352 * n).Clear();
+            s.ZeroGradient(g.Slice(100352 * n, 100352 * n));
             s.ConvBackward(11, a.Slice(4315136 * n, 100352 * n), a.Slice(4515840 * n, 50176 * n), a.Slice(4566016 * n, 50176 * n), g.Slice(0 * n, 50176 * n), default, g.Slice(100352 * n, 100352 * n), n, 128, 28, 28, 256, 14, 14, 3, 2, 1, relu: true);
             // backward of downsample.0 + downsample.1: [n, 128, 28, 28] -> [n, 256, 14, 14], 1x1 stride 2 pad 0
             s.ConvBackward(10, a.Slice(4315136 * n, 100352 * n), a.Slice(4415488 * n, 50176 * n), a.Slice(4465664 * n, 50176 * n), g.Slice(50176 * n, 50176 * n), default, g.Slice(100352 * n, 100352 * n), n, 128, 28, 28, 256, 14, 14, 1, 2, 0, relu: false);
 
             // layer2.1: BasicBlock, [n, 128, 28, 28] -> [n, 128, 28, 28]
             // backward of conv2 + bn2 + add (identity) + relu2: [n, 128, 28, 28] -> [n, 128, 28, 28], 3x3 stride 1 pad 1
-            g.Slice(0 * n, 100352 * n).Clear();
-            g.Slice(200704 * n, 100352 * n).Clear();
+            s.ZeroGradient(g.Slice(0 * n, 100352 * n));
+            s.ZeroGradient(g.Slice(200704 * n, 100352 * n));
             s.ConvBackward(9, a.Slice(4114432 * n, 100352 * n), a.Slice(4214784 * n, 100352 * n), a.Slice(4315136 * n, 100352 * n), g.Slice(100352 * n, 100352 * n), g.Slice(200704 * n, 100352 * n), g.Slice(0 * n, 100352 * n), n, 128, 28, 28, 128, 28, 28, 3, 1, 1, relu: true);
             // backward of conv1 + bn1 + relu1: [n, 128, 28, 28] -> [n, 128, 28, 28], 3x3 stride 1 pad 1
             s.ConvBackward(8, a.Slice(3913728 * n, 100352 * n), a.Slice(4014080 * n, 100352 * n), a.Slice(4114432 * n, 100352 * n), g.Slice(0 * n, 100352 * n), default, g.Slice(200704 * n, 100352 * n), n, 128, 28, 28, 128, 28, 28, 3, 1, 1, relu: true);
 
             // layer2.0: BasicBlock, [n, 64, 56, 56] -> [n, 128, 28, 28]
             // backward of conv2 + bn2 + add (downsample) + relu2: [n, 128, 28, 28] -> [n, 128, 28, 28], 3x3 stride 1 pad 1
-            g.Slice(0 * n, 100352 * n).Clear();
-            g.Slice(100352 * n, 100352 * n).Clear();
+            s.ZeroGradient(g.Slice(0 * n, 100352 * n));
+            s.ZeroGradient(g.Slice(100352 * n, 100352 * n));
             s.ConvBackward(7, a.Slice(3713024 * n, 100352 * n), a.Slice(3813376 * n, 100352 * n), a.Slice(3913728 * n, 100352 * n), g.Slice(200704 * n, 100352 * n), g.Slice(100352 * n, 100352 * n), g.Slice(0 * n, 100352 * n), n, 128, 28, 28, 128, 28, 28, 3, 1, 1, relu: true);
             // backward of conv1 + bn1 + relu1: [n, 64, 56, 56] -> [n, 128, 28, 28], 3x3 stride 2 pad 1
-            g.Slice(200704 * n, 200704 * n).Clear();
+            s.ZeroGradient(g.Slice(200704 * n, 200704 * n));
             s.ConvBackward(6, a.Slice(3211264 * n, 200704 * n), a.Slice(3612672 * n, 100352 * n), a.Slice(3713024 * n, 100352 * n), g.Slice(0 * n, 100352 * n), default, g.Slice(200704 * n, 200704 * n), n, 64, 56, 56, 128, 28, 28, 3, 2, 1, relu: true);
             // backward of downsample.0 + downsample.1: [n, 64, 56, 56] -> [n, 128, 28, 28], 1x1 stride 2 pad 0
             s.ConvBackward(5, a.Slice(3211264 * n, 200704 * n), a.Slice(3411968 * n, 100352 * n), a.Slice(3512320 * n, 100352 * n), g.Slice(100352 * n, 100352 * n), default, g.Slice(200704 * n, 200704 * n), n, 64, 56, 56, 128, 28, 28, 1, 2, 0, relu: false);
 
             // layer1.1: BasicBlock, [n, 64, 56, 56] -> [n, 64, 56, 56]
             // backward of conv2 + bn2 + add (identity) + relu2: [n, 64, 56, 56] -> [n, 64, 56, 56], 3x3 stride 1 pad 1
-            g.Slice(0 * n, 200704 * n).Clear();
-            g.Slice(401408 * n, 200704 * n).Clear();
+            s.ZeroGradient(g.Slice(0 * n, 200704 * n));
+            s.ZeroGradient(g.Slice(401408 * n, 200704 * n));
             s.ConvBackward(4, a.Slice(2809856 * n, 200704 * n), a.Slice(3010560 * n, 200704 * n), a.Slice(3211264 * n, 200704 * n), g.Slice(200704 * n, 200704 * n), g.Slice(401408 * n, 200704 * n), g.Slice(0 * n, 200704 * n), n, 64, 56, 56, 64, 56, 56, 3, 1, 1, relu: true);
             // backward of conv1 + bn1 + relu1: [n, 64, 56, 56] -> [n, 64, 56, 56], 3x3 stride 1 pad 1
             s.ConvBackward(3, a.Slice(2408448 * n, 200704 * n), a.Slice(2609152 * n, 200704 * n), a.Slice(2809856 * n, 200704 * n), g.Slice(0 * n, 200704 * n), default, g.Slice(401408 * n, 200704 * n), n, 64, 56, 56, 64, 56, 56, 3, 1, 1, relu: true);
 
             // layer1.0: BasicBlock, [n, 64, 56, 56] -> [n, 64, 56, 56]
             // backward of conv2 + bn2 + add (identity) + relu2: [n, 64, 56, 56] -> [n, 64, 56, 56], 3x3 stride 1 pad 1
-            g.Slice(0 * n, 200704 * n).Clear();
-            g.Slice(200704 * n, 200704 * n).Clear();
+            s.ZeroGradient(g.Slice(0 * n, 200704 * n));
+            s.ZeroGradient(g.Slice(200704 * n, 200704 * n));
             s.ConvBackward(2, a.Slice(2007040 * n, 200704 * n), a.Slice(2207744 * n, 200704 * n), a.Slice(2408448 * n, 200704 * n), g.Slice(401408 * n, 200704 * n), g.Slice(200704 * n, 200704 * n), g.Slice(0 * n, 200704 * n), n, 64, 56, 56, 64, 56, 56, 3, 1, 1, relu: true);
             // backward of conv1 + bn1 + relu1: [n, 64, 56, 56] -> [n, 64, 56, 56], 3x3 stride 1 pad 1
             s.ConvBackward(1, a.Slice(1605632 * n, 200704 * n), a.Slice(1806336 * n, 200704 * n), a.Slice(2007040 * n, 200704 * n), g.Slice(0 * n, 200704 * n), default, g.Slice(200704 * n, 200704 * n), n, 64, 56, 56, 64, 56, 56, 3, 1, 1, relu: true);
 
             // backward of maxpool: [n, 64, 112, 112] -> [n, 64, 56, 56], 3x3 stride 2 pad 1
-            g.Slice(401408 * n, 802816 * n).Clear();
+            s.ZeroGradient(g.Slice(401408 * n, 802816 * n));
             s.MaxPoolBackward(a.Slice(802816 * n, 802816 * n), g.Slice(200704 * n, 200704 * n), g.Slice(401408 * n, 802816 * n), n, 64, 112, 112, 56, 56, 3, 2, 1);
             // backward of conv1 + bn1 + relu: [n, 3, 224, 224] -> [n, 64, 112, 112], 7x7 stride 2 pad 3
             s.ConvBackward(0, input, a.Slice(0 * n, 802816 * n), a.Slice(802816 * n, 802816 * n), g.Slice(401408 * n, 802816 * n), default, default, n, 3, 224, 224, 64, 112, 112, 7, 2, 3, relu: true);

@@ -806,202 +806,202 @@ namespace App
             // ---- backward: the same steps in reverse; a gradient is zeroed before its first contribution
 
             // backward of fc: [n, 2048] -> [n, 1000]
-            g.Slice(1000 * n, 2048 * n).Clear();
+            s.ZeroGradient(g.Slice(1000 * n, 2048 * n));
             s.LinearBackward(a.Slice(22428672 * n, 2048 * n), g.Slice(0 * n, 1000 * n), g.Slice(1000 * n, 2048 * n), n);
             // backward of avgpool: [n, 2048, 7, 7] -> [n, 2048]
-            g.Slice(3048 * n, 100352 * n).Clear();
+            s.ZeroGradient(g.Slice(3048 * n, 100352 * n));
             s.GlobalAveragePoolBackward(g.Slice(1000 * n, 2048 * n), g.Slice(3048 * n, 100352 * n), n, 2048, 49);
 
             // layer4.2: Bottleneck, [n, 2048, 7, 7] -> [n, 2048, 7, 7]
             // backward of conv3 + bn3 + add (identity) + relu3: [n, 512, 7, 7] -> [n, 2048, 7, 7], 1x1 stride 1 pad 0
-            g.Slice(103400 * n, 25088 * n).Clear();
-            g.Slice(128488 * n, 100352 * n).Clear();
+            s.ZeroGradient(g.Slice(103400 * n, 25088 * n));
+            s.ZeroGradient(g.Slice(128488 * n, 100352 * n));
             s.ConvBackward(52, a.Slice(22202880 * n, 25088 * n), a.Slice(22227968 * n, 100352 * n), a.Slice(22328320 * n, 100352 * n), g.Slice(3048 * n, 100352 * n), g.Slice(128488 * n, 100352 * n), g.Slice(103400 * n, 25088 * n), n, 512, 7, 7, 2048, 7, 7, 1, 1, 0, relu: true);
             // backward of conv2 + bn2 + relu2: [n, 512, 7, 7] -> [n, 512, 7, 7], 3x3 stride 1 pad 1
-            g.Slice(0 * n, 25088 * n).Clear();
+            s.ZeroGradient(g.Slice(0 * n, 25088 * n));
             s.ConvBackward(51, a.Slice(22152704 * n, 25088 * n), a.Slice(22177792 * n, 25088 * n), a.Slice(22202880 * n, 25088 * n), g.Slice(103400 * n, 25088 * n), default, g.Slice(0 * n, 25088 * n), n, 512, 7, 7, 512, 7, 7, 3, 1, 1, relu: true);
             // backward of conv1 + bn1 + relu1: [n, 2048, 7, 7] -> [n, 512, 7, 7], 1x1 stride 1 pad 0
             s.ConvBackward(50, a.Slice(22027264 * n, 100352 * n), a.Slice(22127616 * n, 25088 * n), a.Slice(22152704 * n, 25088 * n), g.Slice(0 * n, 25088 * n), default, g.Slice(128488 * n, 100352 * n), n, 2048, 7, 7, 512, 7, 7, 1, 1, 0, relu: true);
 
             // layer4.1: Bottleneck, [n, 2048, 7, 7] -> [n, 2048, 7, 7]
             // backward of conv3 + bn3 + add (identity) + relu3: [n, 512, 7, 7] -> [n, 2048, 7, 7], 1x1 stride 1 pad 0
-            g.Slice(0 * n, 25088 * n).Clear();
-            g.Slice(25088 * n, 100352 * n).Clear();
+            s.ZeroGradient(g.Slice(0 * n, 25088 * n));
+            s.ZeroGradient(g.Slice(25088 * n, 100352 * n));
             s.ConvBackward(49, a.Slice(21901824 * n, 25088 * n), a.Slice(21926912 * n, 100352 * n), a.Slice(22027264 * n, 100352 * n), g.Slice(128488 * n, 100352 * n), g.Slice(25088 * n, 100352 * n), g.Slice(0 * n, 25088 * n), n, 512, 7, 7, 2048, 7, 7, 1, 1, 0, relu: true);
             // backward of conv2 + bn2 + relu2: [n, 512, 7, 7] -> [n, 512, 7, 7], 3x3 stride 1 pad 1
-            g.Slice(125440 * n, 25088 * n).Clear();
+            s.ZeroGradient(g.Slice(125440 * n, 25088 * n));
             s.ConvBackward(48, a.Slice(21851648 * n, 25088 * n), a.Slice(21876736 * n, 25088 * n), a.Slice(21901824 * n, 25088 * n), g.Slice(0 * n, 25088 * n), default, g.Slice(125440 * n, 25088 * n), n, 512, 7, 7, 512, 7, 7, 3, 1, 1, relu: true);
             // backward of conv1 + bn1 + relu1: [n, 2048, 7, 7] -> [n, 512, 7, 7], 1x1 stride 1 pad 0
             s.ConvBackward(47, a.Slice(21726208 * n, 100352 * n), a.Slice(21826560 * n, 25088 * n), a.Slice(21851648 * n, 25088 * n), g.Slice(125440 * n, 25088 * n), default, g.Slice(25088 * n, 100352 * n), n, 2048, 7, 7, 512, 7, 7, 1, 1, 0, relu: true);
 
             // layer4.0: Bottleneck, [n, 1024, 14, 14] -> [n, 2048, 7, 7]
             // backward of conv3 + bn3 + add (downsample) + relu3: [n, 512, 7, 7] -> [n, 2048, 7, 7], 1x1 stride 1 pad 0
-            g.Slice(0 * n, 25088 * n).Clear();
-            g.Slice(125440 * n, 100352 * n).Clear();
+            s.ZeroGradient(g.Slice(0 * n, 25088 * n));
+            s.ZeroGradient(g.Slice(125440 * n, 100352 * n));
             s.ConvBackward(46, a.Slice(21600768 * n, 25088 * n), a.Slice(21625856 * n, 100352 * n), a.Slice(21726208 * n, 100352 * n), g.Slice(25088 * n, 100352 * n), g.Slice(125440 * n, 100352 * n), g.Slice(0 * n, 25088 * n), n, 512, 7, 7, 2048, 7, 7, 1, 1, 0, relu: true);
             // backward of conv2 + bn2 + relu2: [n, 512, 14, 14] -> [n, 512, 7, 7], 3x3 stride 2 pad 1
-            g.Slice(25088 * n, 100352 * n).Clear();
+            s.ZeroGradient(g.Slice(25088 * n, 100352 * n));
             s.ConvBackward(45, a.Slice(21475328 * n, 100352 * n), a.Slice(21575680 * n, 25088 * n), a.Slice(21600768 * n, 25088 * n), g.Slice(0 * n, 25088 * n), default, g.Slice(25088 * n, 100352 * n), n, 512, 14, 14, 512, 7, 7, 3, 2, 1, relu: true);
             // backward of conv1 + bn1 + relu1: [n, 1024, 14, 14] -> [n, 512, 14, 14], 1x1 stride 1 pad 0
-            g.Slice(225792 * n, 200704 * n).Clear();
+            s.ZeroGradient(g.Slice(225792 * n, 200704 * n));
             s.ConvBackward(44, a.Slice(20973568 * n, 200704 * n), a.Slice(21374976 * n, 100352 * n), a.Slice(21475328 * n, 100352 * n), g.Slice(25088 * n, 100352 * n), default, g.Slice(225792 * n, 200704 * n), n, 1024, 14, 14, 512, 14, 14, 1, 1, 0, relu: true);
             // backward of downsample.0 + downsample.1: [n, 1024, 14, 14] -> [n, 2048, 7, 7], 1x1 stride 2 pad 0
             s.ConvBackward(43, a.Slice(20973568 * n, 200704 * n), a.Slice(21174272 * n, 100352 * n), a.Slice(21274624 * n, 100352 * n), g.Slice(125440 * n, 100352 * n), default, g.Slice(225792 * n, 200704 * n), n, 1024, 14, 14, 2048, 7, 7, 1, 2, 0, relu: false);
 
             // layer3.5: Bottleneck, [n, 1024, 14, 14] -> [n, 1024, 14, 14]
             // backward of conv3 + bn3 + add (identity) + relu3: [n, 256, 14, 14] -> [n, 1024, 14, 14], 1x1 stride 1 pad 0
-            g.Slice(0 * n, 50176 * n).Clear();
-            g.Slice(426496 * n, 200704 * n).Clear();
+            s.ZeroGradient(g.Slice(0 * n, 50176 * n));
+            s.ZeroGradient(g.Slice(426496 * n, 200704 * n));
             s.ConvBackward(42, a.Slice(20722688 * n, 50176 * n), a.Slice(20772864 * n, 200704 * n), a.Slice(20973568 * n, 200704 * n), g.Slice(225792 * n, 200704 * n), g.Slice(426496 * n, 200704 * n), g.Slice(0 * n, 50176 * n), n, 256, 14, 14, 1024, 14, 14, 1, 1, 0, relu: true);
             // backward of conv2 + bn2 + relu2: [n, 256, 14, 14] -> [n, 256, 14, 14], 3x3 stride 1 pad 1
-            g.Slice(50176 * n, 50176 * n).Clear();
+            s.ZeroGradient(g.Slice(50176 * n, 50176 * n));
             s.ConvBackward(41, a.Slice(20622336 * n, 50176 * n), a.Slice(20672512 * n, 50176 * n), a.Slice(20722688 * n, 50176 * n), g.Slice(0 * n, 50176 * n), default, g.Slice(50176 * n, 50176 * n), n, 256, 14, 14, 256, 14, 14, 3, 1, 1, relu: true);
             // backward of conv1 + bn1 + relu1: [n, 1024, 14, 14] -> [n, 256, 14, 14], 1x1 stride 1 pad 0
             s.ConvBackward(40, a.Slice(20371456 * n, 200704 * n), a.Slice(20572160 * n, 50176 * n), a.Slice(20622336 * n, 50176 * n), g.Slice(50176 * n, 50176 * n), default, g.Slice(426496 * n, 200704 * n), n, 1024, 14, 14, 256, 14, 14, 1, 1, 0, relu: true);
 
             // layer3.4: Bottleneck, [n, 1024, 14, 14] -> [n, 1024, 14, 14]
             // backward of conv3 + bn3 + add (identity) + relu3: [n, 256, 14, 14] -> [n, 1024, 14, 14], 1x1 stride 1 pad 0
-            g.Slice(0 * n, 50176 * n).Clear();
-            g.Slice(50176 * n, 200704 * n).Clear();
+            s.ZeroGradient(g.Slice(0 * n, 50176 * n));
+            s.ZeroGradient(g.Slice(50176 * n, 200704 * n));
             s.ConvBackward(39, a.Slice(20120576 * n, 50176 * n), a.Slice(20170752 * n, 200704 * n), a.Slice(20371456 * n, 200704 * n), g.Slice(426496 * n, 200704 * n), g.Slice(50176 * n, 200704 * n), g.Slice(0 * n, 50176 * n), n, 256, 14, 14, 1024, 14, 14, 1, 1, 0, relu: true);
             // backward of conv2 + bn2 + relu2: [n, 256, 14, 14] -> [n, 256, 14, 14], 3x3 stride 1 pad 1
-            g.Slice(250880 * n, 50176 * n).Clear();
+            s.ZeroGradient(g.Slice(250880 * n, 50176 * n));
             s.ConvBackward(38, a.Slice(20020224 * n, 50176 * n), a.Slice(20070400 * n, 50176 * n), a.Slice(20120576 * n, 50176 * n), g.Slice(0 * n, 50176 * n), default, g.Slice(250880 * n, 50176 * n), n, 256, 14, 14, 256, 14, 14, 3, 1, 1, relu: true);
             // backward of conv1 + bn1 + relu1: [n, 1024, 14, 14] -> [n, 256, 14, 14], 1x1 stride 1 pad 0
             s.ConvBackward(37, a.Slice(19769344 * n, 200704 * n), a.Slice(19970048 * n, 50176 * n), a.Slice(20020224 * n, 50176 * n), g.Slice(250880 * n, 50176 * n), default, g.Slice(50176 * n, 200704 * n), n, 1024, 14, 14, 256, 14, 14, 1, 1, 0, relu: true);
 
             // layer3.3: Bottleneck, [n, 1024, 14, 14] -> [n, 1024, 14, 14]
             // backward of conv3 + bn3 + add (identity) + relu3: [n, 256, 14, 14] -> [n, 1024, 14, 14], 1x1 stride 1 pad 0
-            g.Slice(0 * n, 50176 * n).Clear();
-            g.Slice(250880 * n, 200704 * n).Clear();
+            s.ZeroGradient(g.Slice(0 * n, 50176 * n));
+            s.ZeroGradient(g.Slice(250880 * n, 200704 * n));
             s.ConvBackward(36, a.Slice(19518464 * n, 50176 * n), a.Slice(19568640 * n, 200704 * n), a.Slice(19769344 * n, 200704 * n), g.Slice(50176 * n, 200704 * n), g.Slice(250880 * n, 200704 * n), g.Slice(0 * n, 50176 * n), n, 256, 14, 14, 1024, 14, 14, 1, 1, 0, relu: true);
             // backward of conv2 + bn2 + relu2: [n, 256, 14, 14] -> [n, 256, 14, 14], 3x3 stride 1 pad 1
-            g.Slice(50176 * n, 50176 * n).Clear();
+            s.ZeroGradient(g.Slice(50176 * n, 50176 * n));
             s.ConvBackward(35, a.Slice(19418112 * n, 50176 * n), a.Slice(19468288 * n, 50176 * n), a.Slice(19518464 * n, 50176 * n), g.Slice(0 * n, 50176 * n), default, g.Slice(50176 * n, 50176 * n), n, 256, 14, 14, 256, 14, 14, 3, 1, 1, relu: true);
             // backward of conv1 + bn1 + relu1: [n, 1024, 14, 14] -> [n, 256, 14, 14], 1x1 stride 1 pad 0
             s.ConvBackward(34, a.Slice(19167232 * n, 200704 * n), a.Slice(19367936 * n, 50176 * n), a.Slice(19418112 * n, 50176 * n), g.Slice(50176 * n, 50176 * n), default, g.Slice(250880 * n, 200704 * n), n, 1024, 14, 14, 256, 14, 14, 1, 1, 0, relu: true);
 
             // layer3.2: Bottleneck, [n, 1024, 14, 14] -> [n, 1024, 14, 14]
             // backward of conv3 + bn3 + add (identity) + relu3: [n, 256, 14, 14] -> [n, 1024, 14, 14], 1x1 stride 1 pad 0
-            g.Slice(0 * n, 50176 * n).Clear();
-            g.Slice(50176 * n, 200704 * n).Clear();
+            s.ZeroGradient(g.Slice(0 * n, 50176 * n));
+            s.ZeroGradient(g.Slice(50176 * n, 200704 * n));
             s.ConvBackward(33, a.Slice(18916352 * n, 50176 * n), a.Slice(18966528 * n, 200704 * n), a.Slice(19167232 * n, 200704 * n), g.Slice(250880 * n, 200704 * n), g.Slice(50176 * n, 200704 * n), g.Slice(0 * n, 50176 * n), n, 256, 14, 14, 1024, 14, 14, 1, 1, 0, relu: true);
             // backward of conv2 + bn2 + relu2: [n, 256, 14, 14] -> [n, 256, 14, 14], 3x3 stride 1 pad 1
-            g.Slice(250880 * n, 50176 * n).Clear();
+            s.ZeroGradient(g.Slice(250880 * n, 50176 * n));
             s.ConvBackward(32, a.Slice(18816000 * n, 50176 * n), a.Slice(18866176 * n, 50176 * n), a.Slice(18916352 * n, 50176 * n), g.Slice(0 * n, 50176 * n), default, g.Slice(250880 * n, 50176 * n), n, 256, 14, 14, 256, 14, 14, 3, 1, 1, relu: true);
             // backward of conv1 + bn1 + relu1: [n, 1024, 14, 14] -> [n, 256, 14, 14], 1x1 stride 1 pad 0
             s.ConvBackward(31, a.Slice(18565120 * n, 200704 * n), a.Slice(18765824 * n, 50176 * n), a.Slice(18816000 * n, 50176 * n), g.Slice(250880 * n, 50176 * n), default, g.Slice(50176 * n, 200704 * n), n, 1024, 14, 14, 256, 14, 14, 1, 1, 0, relu: true);
 
             // layer3.1: Bottleneck, [n, 1024, 14, 14] -> [n, 1024, 14, 14]
             // backward of conv3 + bn3 + add (identity) + relu3: [n, 256, 14, 14] -> [n, 1024, 14, 14], 1x1 stride 1 pad 0
-            g.Slice(0 * n, 50176 * n).Clear();
-            g.Slice(250880 * n, 200704 * n).Clear();
+            s.ZeroGradient(g.Slice(0 * n, 50176 * n));
+            s.ZeroGradient(g.Slice(250880 * n, 200704 * n));
             s.ConvBackward(30, a.Slice(18314240 * n, 50176 * n), a.Slice(18364416 * n, 200704 * n), a.Slice(18565120 * n, 200704 * n), g.Slice(50176 * n, 200704 * n), g.Slice(250880 * n, 200704 * n), g.Slice(0 * n, 50176 * n), n, 256, 14, 14, 1024, 14, 14, 1, 1, 0, relu: true);
             // backward of conv2 + bn2 + relu2: [n, 256, 14, 14] -> [n, 256, 14, 14], 3x3 stride 1 pad 1
-            g.Slice(50176 * n, 50176 * n).Clear();
+            s.ZeroGradient(g.Slice(50176 * n, 50176 * n));
             s.ConvBackward(29, a.Slice(18213888 * n, 50176 * n), a.Slice(18264064 * n, 50176 * n), a.Slice(18314240 * n, 50176 * n), g.Slice(0 * n, 50176 * n), default, g.Slice(50176 * n, 50176 * n), n, 256, 14, 14, 256, 14, 14, 3, 1, 1, relu: true);
             // backward of conv1 + bn1 + relu1: [n, 1024, 14, 14] -> [n, 256, 14, 14], 1x1 stride 1 pad 0
             s.ConvBackward(28, a.Slice(17963008 * n, 200704 * n), a.Slice(18163712 * n, 50176 * n), a.Slice(18213888 * n, 50176 * n), g.Slice(50176 * n, 50176 * n), default, g.Slice(250880 * n, 200704 * n), n, 1024, 14, 14, 256, 14, 14, 1, 1, 0, relu: true);
 
             // layer3.0: Bottleneck, [n, 512, 28, 28] -> [n, 1024, 14, 14]
             // backward of conv3 + bn3 + add (downsample) + relu3: [n, 256, 14, 14] -> [n, 1024, 14, 14], 1x1 stride 1 pad 0
-            g.Slice(0 * n, 50176 * n).Clear();
-            g.Slice(50176 * n, 200704 * n).Clear();
+            s.ZeroGradient(g.Slice(0 * n, 50176 * n));
+            s.ZeroGradient(g.Slice(50176 * n, 200704 * n));
             s.ConvBackward(27, a.Slice(17712128 * n, 50176 * n), a.Slice(17762304 * n, 200704 * n), a.Slice(17963008 * n, 200704 * n), g.Slice(250880 * n, 200704 * n), g.Slice(50176 * n, 200704 * n), g.Slice(0 * n, 50176 * n), n, 256, 14, 14, 1024, 14, 14, 1, 1, 0, relu: true);
             // backward of conv2 + bn2 + relu2: [n, 256, 28, 28] -> [n, 256, 14, 14], 3x3 stride 2 pad 1
-            g.Slice(250880 * n, 200704 * n).Clear();
+            s.ZeroGradient(g.Slice(250880 * n, 200704 * n));
             s.ConvBackward(26, a.Slice(17461248 * n, 200704 * n), a.Slice(17661952 * n, 50176 * n), a.Slice(17712128 * n, 50176 * n), g.Slice(0 * n, 50176 * n), default, g.Slice(250880 * n, 200704 * n), n, 256, 28, 28, 256, 14, 14, 3, 2, 1, relu: true);
             // backward of conv1 + bn1 + relu1: [n, 512, 28, 28] -> [n, 256, 28, 28], 1x1 stride 1 pad 0
-            g.Slice(451584 * n, 401408 * n).Clear();
+            s.ZeroGradient(g.Slice(451584 * n, 401408 * n));
             s.ConvBackward(25, a.Slice(16457728 * n, 401408 * n), a.Slice(17260544 * n, 200704 * n), a.Slice(17461248 * n, 200704 * n), g.Slice(250880 * n, 200704 * n), default, g.Slice(451584 * n, 401408 * n), n, 512, 28, 28, 256, 28, 28, 1, 1, 0, relu: true);
             // backward of downsample.0 + downsample.1: [n, 512, 28, 28] -> [n, 1024, 14, 14], 1x1 stride 2 pad 0
             s.ConvBackward(24, a.Slice(16457728 * n, 401408 * n), a.Slice(16859136 * n, 200704 * n), a.Slice(17059840 * n, 200704 * n), g.Slice(50176 * n, 200704 * n), default, g.Slice(451584 * n, 401408 * n), n, 512, 28, 28, 1024, 14, 14, 1, 2, 0, relu: false);
 
             // layer2.3: Bottleneck, [n, 512, 28, 28] -> [n, 512, 28, 28]
             // backward of conv3 + bn3 + add (identity) + relu3: [n, 128, 28, 28] -> [n, 512, 28, 28], 1x1 stride 1 pad 0
-            g.Slice(0 * n, 100352 * n).Clear();
-            g.Slice(852992 * n, 401408 * n).Clear();
+            s.ZeroGradient(g.Slice(0 * n, 100352 * n));
+            s.ZeroGradient(g.Slice(852992 * n, 401408 * n));
             s.ConvBackward(23, a.Slice(15955968 * n, 100352 * n), a.Slice(16056320 * n, 401408 * n), a.Slice(16457728 * n, 401408 * n), g.Slice(451584 * n, 401408 * n), g.Slice(852992 * n, 401408 * n), g.Slice(0 * n, 100352 * n), n, 128, 28, 28, 512, 28, 28, 1, 1, 0, relu: true);
             // backward of conv2 + bn2 + relu2: [n, 128, 28, 28] -> [n, 128, 28, 28], 3x3 stride 1 pad 1
-            g.Slice(100352 * n, 100352 * n).Clear();
+            s.ZeroGradient(g.Slice(100352 * n, 100352 * n));
             s.ConvBackward(22, a.Slice(15755264 * n, 100352 * n), a.Slice(15855616 * n, 100352 * n), a.Slice(15955968 * n, 100352 * n), g.Slice(0 * n, 100352 * n), default, g.Slice(100352 * n, 100352 * n), n, 128, 28, 28, 128, 28, 28, 3, 1, 1, relu: true);
             // backward of conv1 + bn1 + relu1: [n, 512, 28, 28] -> [n, 128, 28, 28], 1x1 stride 1 pad 0
             s.ConvBackward(21, a.Slice(15253504 * n, 401408 * n), a.Slice(15654912 * n, 100352 * n), a.Slice(15755264 * n, 100352 * n), g.Slice(100352 * n, 100352 * n), default, g.Slice(852992 * n, 401408 * n), n, 512, 28, 28, 128, 28, 28, 1, 1, 0, relu: true);
 
             // layer2.2: Bottleneck, [n, 512, 28, 28] -> [n, 512, 28, 28]
             // backward of conv3 + bn3 + add (identity) + relu3: [n, 128, 28, 28] -> [n, 512, 28, 28], 1x1 stride 1 pad 0
-            g.Slice(0 * n, 100352 * n).Clear();
-            g.Slice(100352 * n, 401408 * n).Clear();
+            s.ZeroGradient(g.Slice(0 * n, 100352 * n));
+            s.ZeroGradient(g.Slice(100352 * n, 401408 * n));
             s.ConvBackward(20, a.Slice(14751744 * n, 100352 * n), a.Slice(14852096 * n, 401408 * n), a.Slice(15253504 * n, 401408 * n), g.Slice(852992 * n, 401408 * n), g.Slice(100352 * n, 401408 * n), g.Slice(0 * n, 100352 * n), n, 128, 28, 28, 512, 28, 28, 1, 1, 0, relu: true);
             // backward of conv2 + bn2 + relu2: [n, 128, 28, 28] -> [n, 128, 28, 28], 3x3 stride 1 pad 1
-            g.Slice(501760 * n, 100352 * n).Clear();
+            s.ZeroGradient(g.Slice(501760 * n, 100352 * n));
             s.ConvBackward(19, a.Slice(14551040 * n, 100352 * n), a.Slice(14651392 * n, 100352 * n), a.Slice(14751744 * n, 100352 * n), g.Slice(0 * n, 100352 * n), default, g.Slice(501760 * n, 100352 * n), n, 128, 28, 28, 128, 28, 28, 3, 1, 1, relu: true);
             // backward of conv1 + bn1 + relu1: [n, 512, 28, 28] -> [n, 128, 28, 28], 1x1 stride 1 pad 0
             s.ConvBackward(18, a.Slice(14049280 * n, 401408 * n), a.Slice(14450688 * n, 100352 * n), a.Slice(14551040 * n, 100352 * n), g.Slice(501760 * n, 100352 * n), default, g.Slice(100352 * n, 401408 * n), n, 512, 28, 28, 128, 28, 28, 1, 1, 0, relu: true);
 
             // layer2.1: Bottleneck, [n, 512, 28, 28] -> [n, 512, 28, 28]
             // backward of conv3 + bn3 + add (identity) + relu3: [n, 128, 28, 28] -> [n, 512, 28, 28], 1x1 stride 1 pad 0
-            g.Slice(0 * n, 100352 * n).Clear();
-            g.Slice(501760 * n, 401408 * n).Clear();
+            s.ZeroGradient(g.Slice(0 * n, 100352 * n));
+            s.ZeroGradient(g.Slice(501760 * n, 401408 * n));
             s.ConvBackward(17, a.Slice(13547520 * n, 100352 * n), a.Slice(13647872 * n, 401408 * n), a.Slice(14049280 * n, 401408 * n), g.Slice(100352 * n, 401408 * n), g.Slice(501760 * n, 401408 * n), g.Slice(0 * n, 100352 * n), n, 128, 28, 28, 512, 28, 28, 1, 1, 0, relu: true);
             // backward of conv2 + bn2 + relu2: [n, 128, 28, 28] -> [n, 128, 28, 28], 3x3 stride 1 pad 1
-            g.Slice(100352 * n, 100352 * n).Clear();
+            s.ZeroGradient(g.Slice(100352 * n, 100352 * n));
             s.ConvBackward(16, a.Slice(13346816 * n, 100352 * n), a.Slice(13447168 * n, 100352 * n), a.Slice(13547520 * n, 100352 * n), g.Slice(0 * n, 100352 * n), default, g.Slice(100352 * n, 100352 * n), n, 128, 28, 28, 128, 28, 28, 3, 1, 1, relu: true);
             // backward of conv1 + bn1 + relu1: [n, 512, 28, 28] -> [n, 128, 28, 28], 1x1 stride 1 pad 0
             s.ConvBackward(15, a.Slice(12845056 * n, 401408 * n), a.Slice(13246464 * n, 100352 * n), a.Slice(13346816 * n, 100352 * n), g.Slice(100352 * n, 100352 * n), default, g.Slice(501760 * n, 401408 * n), n, 512, 28, 28, 128, 28, 28, 1, 1, 0, relu: true);
 
             // layer2.0: Bottleneck, [n, 256, 56, 56] -> [n, 512, 28, 28]
             // backward of conv3 + bn3 + add (downsample) + relu3: [n, 128, 28, 28] -> [n, 512, 28, 28], 1x1 stride 1 pad 0
-            g.Slice(0 * n, 100352 * n).Clear();
-            g.Slice(100352 * n, 401408 * n).Clear();
+            s.ZeroGradient(g.Slice(0 * n, 100352 * n));
+            s.ZeroGradient(g.Slice(100352 * n, 401408 * n));
             s.ConvBackward(14, a.Slice(12343296 * n, 100352 * n), a.Slice(12443648 * n, 401408 * n), a.Slice(12845056 * n, 401408 * n), g.Slice(501760 * n, 401408 * n), g.Slice(100352 * n, 401408 * n), g.Slice(0 * n, 100352 * n), n, 128, 28, 28, 512, 28, 28, 1, 1, 0, relu: true);
             // backward of conv2 + bn2 + relu2: [n, 128, 56, 56] -> [n, 128, 28, 28], 3x3 stride 2 pad 1
-            g.Slice(501760 * n, 401408 * n).Clear();
+            s.ZeroGradient(g.Slice(501760 * n, 401408 * n));
             s.ConvBackward(13, a.Slice(11841536 * n, 401408 * n), a.Slice(12242944 * n, 100352 * n), a.Slice(12343296 * n, 100352 * n), g.Slice(0 * n, 100352 * n), default, g.Slice(501760 * n, 401408 * n), n, 128, 56, 56, 128, 28, 28, 3, 2, 1, relu: true);
             // backward of conv1 + bn1 + relu1: [n, 256, 56, 56] -> [n, 128, 56, 56], 1x1 stride 1 pad 0
-            g.Slice(903168 * n, 802816 * n).Clear();
+            s.ZeroGradient(g.Slice(903168 * n, 802816 * n));
             s.ConvBackward(12, a.Slice(9834496 * n, 802816 * n), a.Slice(11440128 * n, 401408 * n), a.Slice(11841536 * n, 401408 * n), g.Slice(501760 * n, 401408 * n), default, g.Slice(903168 * n, 802816 * n), n, 256, 56, 56, 128, 56, 56, 1, 1, 0, relu: true);
             // backward of downsample.0 + downsample.1: [n, 256, 56, 56] -> [n, 512, 28, 28], 1x1 stride 2 pad 0
             s.ConvBackward(11, a.Slice(9834496 * n, 802816 * n), a.Slice(10637312 * n, 401408 * n), a.Slice(11038720 * n, 401408 * n), g.Slice(100352 * n, 401408 * n), default, g.Slice(903168 * n, 802816 * n), n, 256, 56, 56, 512, 28, 28, 1, 2, 0, relu: false);
 
             // layer1.2: Bottleneck, [n, 256, 56, 56] -> [n, 256, 56, 56]
             // backward of conv3 + bn3 + add (identity) + relu3: [n, 64, 56, 56] -> [n, 256, 56, 56], 1x1 stride 1 pad 0
-            g.Slice(0 * n, 200704 * n).Clear();
-            g.Slice(1705984 * n, 802816 * n).Clear();
+            s.ZeroGradient(g.Slice(0 * n, 200704 * n));
+            s.ZeroGradient(g.Slice(1705984 * n, 802816 * n));
             s.ConvBackward(10, a.Slice(8830976 * n, 200704 * n), a.Slice(9031680 * n, 802816 * n), a.Slice(9834496 * n, 802816 * n), g.Slice(903168 * n, 802816 * n), g.Slice(1705984 * n, 802816 * n), g.Slice(0 * n, 200704 * n), n, 64, 56, 56, 256, 56, 56, 1, 1, 0, relu: true);
             // backward of conv2 + bn2 + relu2: [n, 64, 56, 56] -> [n, 64, 56, 56], 3x3 stride 1 pad 1
-            g.Slice(200704 * n, 200704 * n).Clear();
+            s.ZeroGradient(g.Slice(200704 * n, 200704 * n));
             s.ConvBackward(9, a.Slice(8429568 * n, 200704 * n), a.Slice(8630272 * n, 200704 * n), a.Slice(8830976 * n, 200704 * n), g.Slice(0 * n, 200704 * n), default, g.Slice(200704 * n, 200704 * n), n, 64, 56, 56, 64, 56, 56, 3, 1, 1, relu: true);
             // backward of conv1 + bn1 + relu1: [n, 256, 56, 56] -> [n, 64, 56, 56], 1x1 stride 1 pad 0
             s.ConvBackward(8, a.Slice(7426048 * n, 802816 * n), a.Slice(8228864 * n, 200704 * n), a.Slice(8429568 * n, 200704 * n), g.Slice(200704 * n, 200704 * n), default, g.Slice(1705984 * n, 802816 * n), n, 256, 56, 56, 64, 56, 56, 1, 1, 0, relu: true);
 
             // layer1.1: Bottleneck, [n, 256, 56, 56] -> [n, 256, 56, 56]
             // backward of conv3 + bn3 + add (identity) + relu3: [n, 64, 56, 56] -> [n, 256, 56, 56], 1x1 stride 1 pad 0
-            g.Slice(0 * n, 200704 * n).Clear();
-            g.Slice(200704 * n, 802816 * n).Clear();
+            s.ZeroGradient(g.Slice(0 * n, 200704 * n));
+            s.ZeroGradient(g.Slice(200704 * n, 802816 * n));
             s.ConvBackward(7, a.Slice(6422528 * n, 200704 * n), a.Slice(6623232 * n, 802816 * n), a.Slice(7426048 * n, 802816 * n), g.Slice(1705984 * n, 802816 * n), g.Slice(200704 * n, 802816 * n), g.Slice(0 * n, 200704 * n), n, 64, 56, 56, 256, 56, 56, 1, 1, 0, relu: true);
             // backward of conv2 + bn2 + relu2: [n, 64, 56, 56] -> [n, 64, 56, 56], 3x3 stride 1 pad 1
-            g.Slice(1003520 * n, 200704 * n).Clear();
+            s.ZeroGradient(g.Slice(1003520 * n, 200704 * n));
             s.ConvBackward(6, a.Slice(6021120 * n, 200704 * n), a.Slice(6221824 * n, 200704 * n), a.Slice(6422528 * n, 200704 * n), g.Slice(0 * n, 200704 * n), default, g.Slice(1003520 * n, 200704 * n), n, 64, 56, 56, 64, 56, 56, 3, 1, 1, relu: true);
             // backward of conv1 + bn1 + relu1: [n, 256, 56, 56] -> [n, 64, 56, 56], 1x1 stride 1 pad 0
             s.ConvBackward(5, a.Slice(5017600 * n, 802816 * n), a.Slice(5820416 * n, 200704 * n), a.Slice(6021120 * n, 200704 * n), g.Slice(1003520 * n, 200704 * n), default, g.Slice(200704 * n, 802816 * n), n, 256, 56, 56, 64, 56, 56, 1, 1, 0, relu: true);
 
             // layer1.0: Bottleneck, [n, 64, 56, 56] -> [n, 256, 56, 56]
             // backward of conv3 + bn3 + add (downsample) + relu3: [n, 64, 56, 56] -> [n, 256, 56, 56], 1x1 stride 1 pad 0
-            g.Slice(0 * n, 200704 * n).Clear();
-            g.Slice(1003520 * n, 802816 * n).Clear();
+            s.ZeroGradient(g.Slice(0 * n, 200704 * n));
+            s.ZeroGradient(g.Slice(1003520 * n, 802816 * n));
             s.ConvBackward(4, a.Slice(4014080 * n, 200704 * n), a.Slice(4214784 * n, 802816 * n), a.Slice(5017600 * n, 802816 * n), g.Slice(200704 * n, 802816 * n), g.Slice(1003520 * n, 802816 * n), g.Slice(0 * n, 200704 * n), n, 64, 56, 56, 256, 56, 56, 1, 1, 0, relu: true);
             // backward of conv2 + bn2 + relu2: [n, 64, 56, 56] -> [n, 64, 56, 56], 3x3 stride 1 pad 1
-            g.Slice(200704 * n, 200704 * n).Clear();
+            s.ZeroGradient(g.Slice(200704 * n, 200704 * n));
             s.ConvBackward(3, a.Slice(3612672 * n, 200704 * n), a.Slice(3813376 * n, 200704 * n), a.Slice(4014080 * n, 200704 * n), g.Slice(0 * n, 200704 * n), default, g.Slice(200704 * n, 200704 * n), n, 64, 56, 56, 64, 56, 56, 3, 1, 1, relu: true);
             // backward of conv1 + bn1 + relu1: [n, 64, 56, 56] -> [n, 64, 56, 56], 1x1 stride 1 pad 0
-            g.Slice(0 * n, 200704 * n).Clear();
+            s.ZeroGradient(g.Slice(0 * n, 200704 * n));
             s.ConvBackward(2, a.Slice(1605632 * n, 200704 * n), a.Slice(3411968 * n, 200704 * n), a.Slice(3612672 * n, 200704 * n), g.Slice(200704 * n, 200704 * n), default, g.Slice(0 * n, 200704 * n), n, 64, 56, 56, 64, 56, 56, 1, 1, 0, relu: true);
             // backward of downsample.0 + downsample.1: [n, 64, 56, 56] -> [n, 256, 56, 56], 1x1 stride 1 pad 0
             s.ConvBackward(1, a.Slice(1605632 * n, 200704 * n), a.Slice(1806336 * n, 802816 * n), a.Slice(2609152 * n, 802816 * n), g.Slice(1003520 * n, 802816 * n), default, g.Slice(0 * n, 200704 * n), n, 64, 56, 56, 256, 56, 56, 1, 1, 0, relu: false);
 
             // backward of maxpool: [n, 64, 112, 112] -> [n, 64, 56, 56], 3x3 stride 2 pad 1
-            g.Slice(200704 * n, 802816 * n).Clear();
+            s.ZeroGradient(g.Slice(200704 * n, 802816 * n));
             s.MaxPoolBackward(a.Slice(802816 * n, 802816 * n), g.Slice(0 * n, 200704 * n), g.Slice(200704 * n, 802816 * n), n, 64, 112, 112, 56, 56, 3, 2, 1);
             // backward of conv1 + bn1 + relu: [n, 3, 224, 224] -> [n, 64, 112, 112], 7x7 stride 2 pad 3
             s.ConvBackward(0, input, a.Slice(0 * n, 802816 * n), a.Slice(802816 * n, 802816 * n), g.Slice(200704 * n, 802816 * n), default, default, n, 3, 224, 224, 64, 112, 112, 7, 2, 3, relu: true);
