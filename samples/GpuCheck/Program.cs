@@ -59,6 +59,7 @@ namespace Unrolled.GpuCheck
             failures += TwoSteps("tiny18", () => new Tiny18(Device.Cuda), reference);
             failures += TwoSteps("tiny50", () => new Tiny50(Device.Cuda), reference);
             failures += SteadyState("tiny50", () => new Tiny50(Device.Cuda), reference);
+            failures += HostOptimizer("tiny18", () => new Tiny18(Device.Cuda), () => new Tiny18(), reference);
 
             if (!quick)
             {
@@ -257,6 +258,78 @@ namespace Unrolled.GpuCheck
             catch (Exception e)
             {
                 Console.WriteLine($"{name} steady state: FAIL: {e.GetType().Name}: {e.Message}");
+                return 1;
+            }
+        }
+
+        /// <summary>
+        /// AdamW (which steps on the host) over two steps of two accumulated ForwardBackward each, on the GPU and on the
+        /// CPU from the same weights: the updates agree where PyTorch's own fp32 run is stable. This exercises the
+        /// gradients coming down, the values going up after a host step, and accumulation on the device.
+        /// </summary>
+        private static int HostOptimizer(string name, Func<IResNet> onGpu, Func<IResNet> onCpu, string dir)
+        {
+            try
+            {
+                var gpu = LoadTiny(name, onGpu, dir, out var io);
+                if (gpu is null) return 1;
+                var cpu = onCpu();
+                cpu.LoadWeights(Path.Combine(dir, name + ".safetensors"));
+                cpu.Train();
+                var before = new Dictionary<string, float[]>();
+                foreach (string key in gpu.StateKeys) before[key] = gpu.GetTensor(key);
+                var logits = new float[io["logits_train"].Length];
+                int accumulatedFailed = 0;
+                foreach (var net in new[] { gpu, cpu })
+                {
+                    var adamw = new AdamW(net, learningRate: 1e-3f);
+                    for (int step = 0; step < 2; step++)
+                    {
+                        adamw.ZeroGrad();
+                        net.ForwardBackward(io["input"], Labels(io), logits);
+                        net.ForwardBackward(io["input"], Labels(io), logits);
+                        if (step == 0 && net == gpu)
+                            // The same batch twice in train mode: twice PyTorch's gradients.
+                            foreach (string key in net.StateKeys)
+                            {
+                                if (!io.TryGetValue("grad." + key, out var expected)) continue;
+                                double error = RelativeL2(net.GetGradient(key), Array.ConvertAll(expected, v => 2 * v));
+                                if (!(error <= Math.Max(2e-3, 5 * io["fp32err.grad." + key][0])) && ++accumulatedFailed <= 5)
+                                    Console.WriteLine($"  {name} accumulated grad {key}: relative L2 {error:E3} against twice PyTorch's");
+                            }
+                        adamw.Step();
+                    }
+                }
+                int checkedCount = 0, failed = accumulatedFailed;
+                double worst = 0;
+                foreach (string key in gpu.StateKeys)
+                {
+                    if (!io.TryGetValue("fp32err.after2steps." + key, out var fp32) || fp32[0] > 1e-2) continue;
+                    float[] g = gpu.GetTensor(key), c = cpu.GetTensor(key), b = before[key];
+                    var gpuUpdate = new float[b.Length];
+                    var cpuUpdate = new float[b.Length];
+                    for (int i = 0; i < b.Length; i++)
+                    {
+                        gpuUpdate[i] = g[i] - b[i];
+                        cpuUpdate[i] = c[i] - b[i];
+                    }
+                    double error = RelativeL2(gpuUpdate, cpuUpdate);
+                    worst = Math.Max(worst, error);
+                    if (!(error <= 1e-2))
+                    {
+                        failed++;
+                        if (failed <= 5) Console.WriteLine($"  {name} {key}: GPU update vs CPU update relative L2 {error:E3} > 1E-2");
+                    }
+                    checkedCount++;
+                }
+                bool pass = failed == 0 && checkedCount >= 90;
+                Console.WriteLine($"{name} AdamW on the host, accumulated batches: {(pass ? "PASS" : "FAIL")}: {checkedCount - failed}/{checkedCount} updates " +
+                    $"agree with the CPU's (worst relative L2 {worst:E2}); accumulated gradients {(accumulatedFailed == 0 ? "twice PyTorch's" : "WRONG")}");
+                return pass ? 0 : 1;
+            }
+            catch (Exception e)
+            {
+                Console.WriteLine($"{name} AdamW on the host, accumulated batches: FAIL: {e.GetType().Name}: {e.Message}");
                 return 1;
             }
         }

@@ -168,6 +168,16 @@ int cublasSaxpy_v2(void *handle, int n, const float *alpha, const float *x, int 
     return CUBLAS_OK;
 }
 
+int cublasSasum_v2(void *handle, int n, const float *x, int incx, float *result)
+{
+    (void)handle;
+    if (!device_floats(x, (long)(n - 1) * incx + 1) || is_device(result, sizeof(float))) return CUBLAS_INVALID_VALUE; /* host pointer mode */
+    float sum = 0;
+    for (int i = 0; i < n; i++) sum += fabsf(x[(long)i * incx]);
+    *result = sum;
+    return CUBLAS_OK;
+}
+
 int cublasSscal_v2(void *handle, int n, const float *alpha, float *x, int incx)
 {
     (void)handle;

@@ -154,9 +154,10 @@ internal sealed unsafe class CudaBackend
 
     /// <summary>
     /// Before a training step: the arenas of saved activations and of activation gradients, the weights if they
-    /// changed, and the device's parameter gradients set to the host's (zeroed when the host's are known to be zero).
+    /// changed, and the device's parameter gradients: zeroed, or set to <paramref name="hostGradients"/>, or (when
+    /// that is empty) kept, so that this step's add to the previous one's.
     /// </summary>
-    public void BeginTraining(int batch, ReadOnlySpan<float> values, (long Weights, long Statistics) version, ReadOnlySpan<float> gradients,
+    public void BeginTraining(int batch, ReadOnlySpan<float> values, (long Weights, long Statistics) version, ReadOnlySpan<float> hostGradients,
         bool gradientsAreZero, out Span<float> saved, out Span<float> activationGradients)
     {
         long savedFloats = batch * _spec.TrainArenaPerImage, gradientFloats = batch * _spec.GradientArenaPerImage;
@@ -165,8 +166,8 @@ internal sealed unsafe class CudaBackend
         UploadValues(values, version);
         nuint bytes = (nuint)_spec.ValueCount * sizeof(float);
         if (gradientsAreZero) Check(cudaMemsetAsync(_gradients, 0, bytes, _stream), "cudaMemsetAsync (gradients)");
-        else
-            fixed (float* host = gradients)
+        else if (!hostGradients.IsEmpty)
+            fixed (float* host = hostGradients)
                 Check(cudaMemcpyAsync(_gradients, host, bytes, MemcpyHostToDevice, _stream), "cudaMemcpyAsync (gradients)");
         _uploadedFrom = null;
         saved = new Span<float>(_train.Host, (int)savedFloats);
@@ -174,12 +175,97 @@ internal sealed unsafe class CudaBackend
     }
 
     /// <summary>
-    /// The host changed the running statistics' version to match what the device computed (it copied them down): the
-    /// device copy stays current unless something else changed.
+    /// The host moved its version to match what the device computed (running statistics it copied down, or an
+    /// optimizer step taken on the device): the device copy stays current unless something else had changed.
     /// </summary>
-    public void NoteStatistics((long Weights, long Statistics) before, (long Weights, long Statistics) after)
+    public void NoteDeviceCurrent((long Weights, long Statistics) before, (long Weights, long Statistics) after)
     {
         if (_uploadedVersion == before) _uploadedVersion = after;
+    }
+
+    /// <summary>Before an optimizer step on the device: the values, if the host's are newer.</summary>
+    public void BeginStep(ReadOnlySpan<float> values, (long Weights, long Statistics) version) => UploadValues(values, version);
+
+    /// <summary>Copies every value (after a step taken on the device) into <paramref name="host"/>.</summary>
+    public void DownloadValues(Span<float> host)
+    {
+        Download(host.Slice(0, (int)_spec.ValueCount), _values, "values");
+        Synchronize("values");
+    }
+
+    /// <summary>Copies every parameter gradient into <paramref name="host"/>.</summary>
+    public void DownloadGradients(Span<float> host)
+    {
+        Download(host.Slice(0, (int)_spec.ValueCount), _gradients, "gradients");
+        Synchronize("gradients");
+    }
+
+    /// <summary>
+    /// Whether every gradient is finite: the sum of their magnitudes (cublasSasum) is NaN or infinite as soon as one
+    /// is (or, for absurdly large finite ones, overflows: the host then looks at each).
+    /// </summary>
+    public bool GradientsFinite()
+    {
+        float sum;
+        CheckBlas(cublasSasum(_blas, (int)_spec.ValueCount, _gradients, 1, &sum), "cublasSasum (gradients)");
+        return float.IsFinite(sum);
+    }
+
+    private float* _direction;
+    // Each SGD optimizer's momentum buffer on the device (in the values' layout), made at its first step here.
+    private readonly Dictionary<object, nint> _momenta = new(ReferenceEqualityComparer.Instance);
+
+    private float* Momentum(object optimizer)
+    {
+        if (!_momenta.TryGetValue(optimizer, out nint buffer))
+        {
+            buffer = (nint)Allocate(_spec.ValueCount, "momentum buffer");
+            _momenta.Add(optimizer, buffer);
+        }
+        return (float*)buffer;
+    }
+
+    /// <summary>Copies <paramref name="optimizer"/>'s SGD momentum buffer (the values' layout) between the host and the device.</summary>
+    public void TransferMomentum(object optimizer, Span<float> host, bool toDevice)
+    {
+        float* device = Momentum(optimizer);
+        nuint bytes = (nuint)_spec.ValueCount * sizeof(float);
+        fixed (float* h = host)
+            Check(toDevice ? cudaMemcpyAsync(device, h, bytes, MemcpyHostToDevice, _stream) : cudaMemcpyAsync(h, device, bytes, MemcpyDeviceToHost, _stream),
+                "cudaMemcpyAsync (momentum buffer)");
+        Synchronize("momentum buffer");
+    }
+
+    /// <summary>
+    /// One torch.optim.SGD step on the device over each run of parameters (the values between them, BatchNorm's
+    /// running statistics, are left alone): d = g + weightDecay * p; with momentum, buf = d on the first step, else
+    /// buf = momentum * buf + (1 - dampening) * d, and d = buf (Nesterov: d + momentum * buf); p -= lr * d. The
+    /// gradients are not changed (d is built in scratch memory).
+    /// </summary>
+    public void SgdStep(object optimizer, ReadOnlySpan<(int Offset, int Count)> runs, float learningRate, float momentum, float dampening,
+        float weightDecay, bool nesterov, bool first)
+    {
+        float* momenta = momentum != 0 ? Momentum(optimizer) : null;
+        if (_direction == null) _direction = (float*)Allocate(_spec.ValueCount, "SGD step scratch");
+        float keep = 1 - dampening, minusLr = -learningRate;
+        foreach (var (offset, count) in runs)
+        {
+            float* p = _values + offset, d = _direction + offset, buf = momenta + offset;
+            Check(cudaMemcpyAsync(d, _gradients + offset, (nuint)count * sizeof(float), MemcpyDeviceToDevice, _stream), "cudaMemcpyAsync (SGD step)");
+            if (weightDecay != 0) CheckBlas(cublasSaxpy(_blas, count, &weightDecay, p, 1, d, 1), "cublasSaxpy (weight decay)");
+            if (momentum != 0)
+            {
+                if (first) Check(cudaMemcpyAsync(buf, d, (nuint)count * sizeof(float), MemcpyDeviceToDevice, _stream), "cudaMemcpyAsync (momentum)");
+                else
+                {
+                    CheckBlas(cublasSscal(_blas, count, &momentum, buf, 1), "cublasSscal (momentum)");
+                    CheckBlas(cublasSaxpy(_blas, count, &keep, d, 1, buf, 1), "cublasSaxpy (momentum)");
+                }
+                if (nesterov) CheckBlas(cublasSaxpy(_blas, count, &momentum, buf, 1, d, 1), "cublasSaxpy (Nesterov)");
+                else Check(cudaMemcpyAsync(d, buf, (nuint)count * sizeof(float), MemcpyDeviceToDevice, _stream), "cudaMemcpyAsync (momentum)");
+            }
+            CheckBlas(cublasSaxpy(_blas, count, &minusLr, d, 1, p, 1), "cublasSaxpy (SGD update)");
+        }
     }
 
     /// <summary>
@@ -382,7 +468,7 @@ internal sealed unsafe class CudaBackend
     /// <summary>
     /// Backward of <see cref="ConvForward"/> with batch statistics: g = dL/da to dL/dz (ReLU mask, BatchNorm backward),
     /// the residual's gradient added to <paramref name="gResidual"/>, the weight and BatchNorm gradients added to the
-    /// device's and then copied into <paramref name="hostGradients"/>, and dL/dx added to <paramref name="gx"/>.
+    /// device's (and copied into <paramref name="hostGradients"/> unless it is empty), and dL/dx added to <paramref name="gx"/>.
     /// </summary>
     public void ConvBackward(int index, ReadOnlySpan<float> x, ReadOnlySpan<float> z, ReadOnlySpan<float> a, Span<float> g,
         Span<float> gResidual, Span<float> gx, int batch, int cin, int h, int w, int cout, int oh, int ow, int stride, int pad, bool relu,
@@ -424,9 +510,12 @@ internal sealed unsafe class CudaBackend
             CheckDnn(cudnnConvolutionBackwardData(_dnn, &one, plan.Filter, _values + c.Weight, yDesc, gz, plan.Convolution, dataAlgo,
                 _workspace, _workspaceBytes, &one, xDesc, pgx), $"cudnnConvolutionBackwardData (conv {index})");
         }
-        Download(hostGradients.Slice((int)c.Weight, cout * c.K), _gradients + c.Weight, "weight gradient", index);
-        Download(hostGradients.Slice((int)c.BatchNorm, 2 * cout), dbn, "BatchNorm gradients", index);
-        Synchronize("gradients", index);
+        if (!hostGradients.IsEmpty)
+        {
+            Download(hostGradients.Slice((int)c.Weight, cout * c.K), _gradients + c.Weight, "weight gradient", index);
+            Download(hostGradients.Slice((int)c.BatchNorm, 2 * cout), dbn, "BatchNorm gradients", index);
+            Synchronize("gradients", index);
+        }
     }
 
     public void MaxPool(ReadOnlySpan<float> x, Span<float> y, int batch, int channels, int h, int w, int oh, int ow, int kernel, int stride, int pad)
@@ -483,7 +572,7 @@ internal sealed unsafe class CudaBackend
 
     /// <summary>
     /// The fc layer's backward from g = dL/dlogits (already on the device): dW += g^T x, db += sum over the batch of g,
-    /// gx += g W; dW and db then copied into <paramref name="hostGradients"/>.
+    /// gx += g W; dW and db copied into <paramref name="hostGradients"/> unless it is empty.
     /// </summary>
     public void LinearBackward(ReadOnlySpan<float> x, ReadOnlySpan<float> g, Span<float> gx, int batch, Span<float> hostGradients)
     {
@@ -505,9 +594,12 @@ internal sealed unsafe class CudaBackend
         CheckBlas(cublasSgemv(_blas, OpN, classes, batch, &one, pg, classes, _ones, 1, &one, db, 1), "cublasSgemv (fc bias gradient)");
         CheckBlas(cublasSgemm(_blas, OpN, OpN, inputs, batch, classes, &one, _values + _spec.FcWeight, inputs, pg, classes, &one, pgx, inputs),
             "cublasSgemm (fc input gradient)");
-        Download(hostGradients.Slice((int)_spec.FcWeight, classes * inputs), dw, "fc weight gradient");
-        Download(hostGradients.Slice((int)_spec.FcBias, classes), db, "fc bias gradient");
-        Synchronize("fc gradients");
+        if (!hostGradients.IsEmpty)
+        {
+            Download(hostGradients.Slice((int)_spec.FcWeight, classes * inputs), dw, "fc weight gradient");
+            Download(hostGradients.Slice((int)_spec.FcBias, classes), db, "fc bias gradient");
+            Synchronize("fc gradients");
+        }
     }
 
     /// <summary>One line about the GPU and the libraries' versions.</summary>

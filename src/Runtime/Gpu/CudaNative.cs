@@ -59,6 +59,7 @@ internal static unsafe partial class CudaNative
     [LibraryImport(Cublas, EntryPoint = "cublasSgemv_v2")]
     public static partial int cublasSgemv(nint handle, int trans, int m, int n, float* alpha, float* a, int lda, float* x, int incx,
         float* beta, float* y, int incy);
+    [LibraryImport(Cublas, EntryPoint = "cublasSasum_v2")] public static partial int cublasSasum(nint handle, int n, float* x, int incx, float* result);
     [LibraryImport(Cublas)] public static partial nint cublasGetStatusString(int status);
 
     // ---------------------------------------------------------------- cuDNN 9

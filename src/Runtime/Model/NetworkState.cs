@@ -1,6 +1,7 @@
 using System;
 using System.Threading;
 using System.Collections.Generic;
+using System.Linq;
 using System.ComponentModel;
 using Unrolled.Cpu;
 using Unrolled.IO;
@@ -131,8 +132,83 @@ public sealed unsafe class NetworkState
     /// <summary>Every value, in the layout of the spec's entries (optimizers update it in place).</summary>
     public Span<float> Values => ValueArray;
 
+    // On the GPU the newest values (after an SGD step taken there) and gradients (after a backward) may be on the
+    // device only: the host copies are then brought up to date when they are first read, so every host API sees
+    // them as on the CPU, and a training loop that only steps moves no parameters over the bus. Host gradients that
+    // ZeroGrad zeroed are cleared when next read.
+    private bool _valuesOnDevice, _gradientsOnDevice, _hostGradientsNeedClearing;
+
+    /// <summary>The device holds the gradients of the last backward (and the host's are stale): an optimizer may step there.</summary>
+    internal bool GradientsOnDevice => _gradientsOnDevice;
+
+    /// <summary>The values without bringing them from the device: for the GPU's own paths, and the running statistics (always current on the host).</summary>
+    private float[] RawValues => _values ??= Initialize(_seed);
+
+    private Span<float> GradientStore => (_gradientStore ??= new float[_spec.ValueCount + Skew.Gradients]).AsSpan(Skew.Gradients, (int)_spec.ValueCount);
+
+    /// <summary>Whether every gradient held on the device is finite (one reduction there).</summary>
+    internal bool DeviceGradientsFinite() => _gpu!.GradientsFinite();
+
+    private (int Offset, int Count)[]? _parameterRuns;
+
+    /// <summary>
+    /// An SGD step on the device (see <see cref="Gpu.CudaBackend.SgdStep"/>), the optimizer's momentum buffer first
+    /// copied up from <paramref name="hostMomentum"/> when <paramref name="uploadMomentum"/>; the values are then newer
+    /// on the device, and come down when the host reads them.
+    /// </summary>
+    internal void SgdStepOnDevice(object optimizer, Span<float> hostMomentum, bool uploadMomentum, float learningRate, float momentum,
+        float dampening, float weightDecay, bool nesterov, bool first)
+    {
+        var gpu = _gpu!;
+        if (_parameterRuns is null)
+        {
+            // Adjacent parameters in one run (a conv's weight and its BatchNorm's weight and bias): fewer calls.
+            var runs = new List<(int Offset, int Count)>();
+            foreach (var (offset, count) in ParameterRanges.OrderBy(r => r.Offset))
+                if (runs.Count > 0 && runs[^1].Offset + runs[^1].Count == offset) runs[^1] = (runs[^1].Offset, runs[^1].Count + count);
+                else runs.Add((offset, count));
+            _parameterRuns = runs.ToArray();
+        }
+        // The device's values must be the host's newest before they are stepped (a no-op when they already are).
+        var version = (_weightsVersion, _statisticsVersion);
+        gpu.BeginStep(RawValues, version);
+        if (uploadMomentum) gpu.TransferMomentum(optimizer, hostMomentum, toDevice: true);
+        gpu.SgdStep(optimizer, _parameterRuns, learningRate, momentum, dampening, weightDecay, nesterov, first);
+        _weightsVersion++;
+        gpu.NoteDeviceCurrent(version, (_weightsVersion, _statisticsVersion));
+        _valuesOnDevice = true;
+    }
+
+    /// <summary>Copies an optimizer's momentum buffer down from the device.</summary>
+    internal void DownloadMomentum(object optimizer, Span<float> hostMomentum) => _gpu!.TransferMomentum(optimizer, hostMomentum, toDevice: false);
+
+    /// <summary>Brings the host's values and gradients up to date (before work on several threads reads them).</summary>
+    internal void SynchronizeHost()
+    {
+        _ = ValueArray;
+        _ = Gradients;
+    }
+
     /// <summary>Every gradient, in the layout of the values (zero outside the parameters).</summary>
-    public Span<float> Gradients => (_gradientStore ??= new float[_spec.ValueCount + Skew.Gradients]).AsSpan(Skew.Gradients, (int)_spec.ValueCount);
+    public Span<float> Gradients
+    {
+        get
+        {
+            var store = GradientStore;
+            if (_gradientsOnDevice)
+            {
+                _gpu!.DownloadGradients(store);
+                _gradientsOnDevice = false;
+                _hostGradientsNeedClearing = false;
+            }
+            else if (_hostGradientsNeedClearing)
+            {
+                _hostGradientsNeedClearing = false;
+                ClearGradients();
+            }
+            return store;
+        }
+    }
 
     /// <summary>The int64 counters (num_batches_tracked).</summary>
     public Span<long> Counters => _counters;
@@ -166,7 +242,19 @@ public sealed unsafe class NetworkState
     public IReadOnlyList<string> StateKeys { get; }
 
     /// <summary>The values, initialised (torchvision's rules, from the network's seed) on first use.</summary>
-    private float[] ValueArray => _values ??= Initialize(_seed);
+    private float[] ValueArray
+    {
+        get
+        {
+            var values = RawValues;
+            if (_valuesOnDevice)
+            {
+                _gpu!.DownloadValues(values);
+                _valuesOnDevice = false;
+            }
+            return values;
+        }
+    }
 
     /// <summary>torchvision's initialisation, from a fixed seed so that two new networks are identical.</summary>
     private float[] Initialize(int seed)
@@ -248,15 +336,28 @@ public sealed unsafe class NetworkState
     /// <summary>Sets every gradient to zero (as <c>optimizer.zero_grad()</c>).</summary>
     public void ZeroGrad()
     {
-        // ResNet-50's 94 MB on every core: one core alone cannot fill the memory bandwidth.
-        if (Gradients.Length < 1 << 20) Gradients.Clear();
-        else WorkerPool.Shared.Run(&ClearChunk, this, (Gradients.Length + (1 << 20) - 1) >> 20);
         _gradientsAreZero = true;
+        if (_gpu is not null)
+        {
+            // The device zeroes its own at the next step; the host's are cleared if they are read before that.
+            _gradientsOnDevice = false;
+            _hostGradientsNeedClearing = true;
+            return;
+        }
+        ClearGradients();
+    }
+
+    private void ClearGradients()
+    {
+        var gradients = GradientStore;
+        // ResNet-50's 94 MB on every core: one core alone cannot fill the memory bandwidth.
+        if (gradients.Length < 1 << 20) gradients.Clear();
+        else WorkerPool.Shared.Run(&ClearChunk, this, (gradients.Length + (1 << 20) - 1) >> 20);
     }
 
     private static void ClearChunk(object state, int chunk)
     {
-        var gradients = ((NetworkState)state).Gradients;
+        var gradients = ((NetworkState)state).GradientStore;
         int start = chunk << 20;
         gradients.Slice(start, Math.Min(1 << 20, gradients.Length - start)).Clear();
     }
@@ -400,7 +501,7 @@ public sealed unsafe class NetworkState
         {
             // The backend's host arena only gives the generated code's slices their offsets: never written.
             CheckSize(need, "activations", _spec.Name, batch);
-            return _gpu.BeginForward(batch, ValueArray, (_weightsVersion, _statisticsVersion));
+            return _gpu.BeginForward(batch, RawValues, (_weightsVersion, _statisticsVersion));
         }
         Ensure(ref _arena, need, "activations", _spec.Name, batch);
         Prepare();
@@ -430,8 +531,13 @@ public sealed unsafe class NetworkState
             CheckSize(grads, "activation gradients", _spec.Name, batch);
             _batchStatistics = true;
             BackUpStatistics();
-            _gpu.BeginTraining(batch, ValueArray, (_weightsVersion, _statisticsVersion), Gradients, _gradientsAreZero, out var savedArena, out gradients);
+            // Gradients on the device already (a step without ZeroGrad accumulates) stay there; host ones go up.
+            var hostGradients = _gradientsAreZero || _gradientsOnDevice ? Span<float>.Empty : Gradients;
+            _gpu.BeginTraining(batch, RawValues, (_weightsVersion, _statisticsVersion), hostGradients, _gradientsAreZero, out var savedArena, out gradients);
             _gradientsAreZero = false;
+            _hostGradientsNeedClearing = false;
+            // Backward leaves them on the device unless a hook wants each layer's on the host as it is done.
+            _gradientsOnDevice = GradientsReady is null;
             return savedArena;
         }
         _gradientsAreZero = false;
@@ -477,7 +583,7 @@ public sealed unsafe class NetworkState
         var c = CheckConv(index, cin, cout, kernel);
         if (_gpu is not null && !IsTraining)
         {
-            _gpu.ConvForward(index, x, y, y, residual, batch, cin, h, w, cout, oh, ow, stride, pad, relu, batchStatistics: false, ValueArray);
+            _gpu.ConvForward(index, x, y, y, residual, batch, cin, h, w, cout, oh, ow, stride, pad, relu, batchStatistics: false, RawValues);
             return;
         }
         if (!IsTraining)
@@ -500,7 +606,7 @@ public sealed unsafe class NetworkState
         if (batchStatistics && (long)batch * oh * ow <= 1)
             throw new ArgumentException($"{_spec.Name}: train-mode BatchNorm needs more than one value per channel (PyTorch's rule); a batch of {batch} at {oh}x{ow} has one. Use a larger batch or Eval().");
         if (_gpu is not null)
-            _gpu.ConvForward(index, x, z, a, residual, batch, cin, h, w, cout, oh, ow, stride, pad, relu, batchStatistics, ValueArray);
+            _gpu.ConvForward(index, x, z, a, residual, batch, cin, h, w, cout, oh, ow, stride, pad, relu, batchStatistics, RawValues);
         else
         {
             Cpu.Conv.Forward(x, z, ReadOnlySpan<float>.Empty, Weights(c), ReadOnlySpan<float>.Empty, ReadOnlySpan<float>.Empty,
@@ -514,7 +620,7 @@ public sealed unsafe class NetworkState
             var before = (_weightsVersion, _statisticsVersion);
             _statisticsVersion++;
             // The device computed these statistics and the host copied them down: both hold the new version.
-            _gpu?.NoteStatistics(before, (_weightsVersion, _statisticsVersion));
+            _gpu?.NoteDeviceCurrent(before, (_weightsVersion, _statisticsVersion));
         }
     }
 
@@ -529,7 +635,8 @@ public sealed unsafe class NetworkState
         var c = CheckConv(index, cin, cout, kernel);
         if (_gpu is not null)
         {
-            _gpu.ConvBackward(index, x, z, a, g, gResidual, gx, batch, cin, h, w, cout, oh, ow, stride, pad, relu, Gradients);
+            _gpu.ConvBackward(index, x, z, a, g, gResidual, gx, batch, cin, h, w, cout, oh, ow, stride, pad, relu,
+                _gradientsOnDevice ? Span<float>.Empty : GradientStore);
             GradientsReady?.Invoke(index);
             return;
         }
@@ -625,7 +732,7 @@ public sealed unsafe class NetworkState
     {
         if (_gpu is not null)
         {
-            _gpu.LinearBackward(x, g, gx, batch, Gradients);
+            _gpu.LinearBackward(x, g, gx, batch, _gradientsOnDevice ? Span<float>.Empty : GradientStore);
             GradientsReady?.Invoke(-1);
             return;
         }
@@ -668,7 +775,7 @@ public sealed unsafe class NetworkState
         int at = 0;
         foreach (var c in _spec.Convs)
         {
-            ValueArray.AsSpan((int)c.BatchNorm + 2 * c.OutChannels, 2 * c.OutChannels).CopyTo(_statisticsBackup.AsSpan(at));
+            RawValues.AsSpan((int)c.BatchNorm + 2 * c.OutChannels, 2 * c.OutChannels).CopyTo(_statisticsBackup.AsSpan(at));
             at += 2 * c.OutChannels;
         }
         _counters.CopyTo(_countersBackup, 0);

@@ -51,6 +51,16 @@ public abstract class Optimizer
     /// <returns>True when the update was applied.</returns>
     public unsafe bool Step()
     {
+        // On the GPU, with the gradients there: the step is taken there when the optimizer can (SGD).
+        if (State.GradientsOnDevice && TryStepOnDevice())
+        {
+            Steps++;
+            AfterStep();
+            return true;
+        }
+        State.SynchronizeHost();
+        BeforeHostStep();
+
         // Every parameter, in chunks of at most ChunkSize elements, on every core (the updates are element-wise).
         if (_chunks is null)
         {
@@ -105,6 +115,15 @@ public abstract class Optimizer
     }
 
     private protected virtual void AfterStep() { }
+
+    /// <summary>
+    /// Takes the step on the device when the optimizer can and every gradient there is finite (false otherwise: the
+    /// host then checks each gradient, names a bad one, and steps).
+    /// </summary>
+    private protected virtual bool TryStepOnDevice() => false;
+
+    /// <summary>Before a step on the host: buffers the device holds newer copies of come down.</summary>
+    private protected virtual void BeforeHostStep() { }
 
     /// <summary>As <c>optimizer.zero_grad()</c>.</summary>
     public void ZeroGrad() => Network.ZeroGrad();
@@ -233,8 +252,39 @@ public sealed class Sgd : Optimizer
 
     private protected override void AfterStep() => _hasMomentum = Momentum != 0;
 
-    internal override IReadOnlyList<(string Name, Memory<float> Values)> Buffers =>
-        Momentum != 0 ? new[] { ("momentum_buffer", new Memory<float>(_momentum, Runtime.Skew.First, State.Values.Length)) } : Array.Empty<(string, Memory<float>)>();
+    // The momentum buffer is newer on the device (steps taken there) than in _momentum.
+    private bool _momentumOnDevice;
+
+    private Span<float> HostMomentum => _momentum.AsSpan(Runtime.Skew.First, State.Values.Length);
+
+    private protected override bool TryStepOnDevice()
+    {
+        if (!State.DeviceGradientsFinite()) return false;
+        State.SgdStepOnDevice(this, Momentum != 0 ? HostMomentum : Span<float>.Empty, uploadMomentum: _hasMomentum && !_momentumOnDevice,
+            LearningRate, Momentum, Dampening, WeightDecay, Nesterov, first: !_hasMomentum);
+        _momentumOnDevice = Momentum != 0;
+        return true;
+    }
+
+    private protected override void BeforeHostStep() => PullMomentum();
+
+    private void PullMomentum()
+    {
+        if (!_momentumOnDevice) return;
+        State.DownloadMomentum(this, HostMomentum);
+        _momentumOnDevice = false;
+    }
+
+    internal override IReadOnlyList<(string Name, Memory<float> Values)> Buffers
+    {
+        get
+        {
+            // A checkpoint reads (or a resume writes) the host's buffer: it must be the newest, and after a write the
+            // next device step copies it up (it is then no longer newer on the device).
+            PullMomentum();
+            return Momentum != 0 ? new[] { ("momentum_buffer", new Memory<float>(_momentum, Runtime.Skew.First, State.Values.Length)) } : Array.Empty<(string, Memory<float>)>();
+        }
+    }
 
     internal override void SaveScalars(IDictionary<string, string> metadata) => metadata["sgd.has_momentum"] = _hasMomentum ? "1" : "0";
 
