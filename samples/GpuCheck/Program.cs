@@ -60,6 +60,7 @@ namespace Unrolled.GpuCheck
             failures += TwoSteps("tiny50", () => new Tiny50(Device.Cuda), reference);
             failures += SteadyState("tiny50", () => new Tiny50(Device.Cuda), reference);
             failures += HostOptimizer("tiny18", () => new Tiny18(Device.Cuda), () => new Tiny18(), reference);
+            failures += NonFinite("tiny18", () => new Tiny18(Device.Cuda), reference);
 
             if (!quick)
             {
@@ -330,6 +331,54 @@ namespace Unrolled.GpuCheck
             catch (Exception e)
             {
                 Console.WriteLine($"{name} AdamW on the host, accumulated batches: FAIL: {e.GetType().Name}: {e.Message}");
+                return 1;
+            }
+        }
+
+        /// <summary>
+        /// A batch with a NaN: the loss is NaN, the step refuses (NonFiniteException naming a parameter), and the
+        /// weights, the running statistics and num_batches_tracked are as they were before the batch.
+        /// </summary>
+        private static int NonFinite(string name, Func<IResNet> onGpu, string dir)
+        {
+            try
+            {
+                var net = LoadTiny(name, onGpu, dir, out var io);
+                if (net is null) return 1;
+                var sgd = new Sgd(net, learningRate: 0.1f, momentum: 0.9f);
+                var logits = new float[io["logits_train"].Length];
+                sgd.ZeroGrad();
+                net.ForwardBackward(io["input"], Labels(io), logits);
+                sgd.Step(); // a good step first: momentum and values on the device
+                var before = new Dictionary<string, float[]>();
+                foreach (string key in net.StateKeys) before[key] = net.GetTensor(key);
+                var bad = (float[])io["input"].Clone();
+                bad[5] = float.NaN;
+                sgd.ZeroGrad();
+                float loss = net.ForwardBackward(bad, Labels(io), logits);
+                string refused = "no exception";
+                try
+                {
+                    sgd.Step();
+                }
+                catch (NonFiniteException e)
+                {
+                    refused = e.Message;
+                }
+                int changed = 0;
+                foreach (string key in net.StateKeys)
+                {
+                    float[] now = net.GetTensor(key), then = before[key];
+                    for (int i = 0; i < now.Length; i++)
+                        if (BitConverter.SingleToInt32Bits(now[i]) != BitConverter.SingleToInt32Bits(then[i])) { changed++; break; }
+                }
+                bool pass = float.IsNaN(loss) && refused.Contains("NaN") && changed == 0;
+                Console.WriteLine($"{name} non-finite batch: {(pass ? "PASS" : "FAIL")}: loss {loss}, {changed} tensors changed; step: {refused}");
+                return pass ? 0 : 1;
+            }
+            catch (Exception e)
+            {
+                Console.WriteLine($"{name} non-finite batch: FAIL: {e.GetType().Name}: {e.Message}");
                 return 1;
             }
         }

@@ -17,11 +17,13 @@ namespace Unrolled.Gpu;
 /// compare with PyTorch's fp32.
 /// </summary>
 /// <remarks>
-/// The host stays the owner of the network's state, so every host API (GetTensor, checkpoints, the optimizers, the
-/// data-parallel hooks) works unchanged: the values go up when their version changes; in a training step the
-/// running statistics come down after each BatchNorm and each layer's gradients come down as soon as backward has
-/// finished them (before <c>GradientsReady</c>); the optimizer steps on the host. That costs a copy of the weights up
-/// and of the gradients down per step, which a device-side optimizer would save.
+/// Every host API (GetTensor, checkpoints, the optimizers, the data-parallel hooks) works as on the CPU; the state
+/// moves only when it has to. The values go up when the host changed them (their version); a training forward moves
+/// the running statistics on the device, and an SGD step the parameters (momentum kept there), after which the
+/// values come down only when the host reads them; the gradients stay on the device after backward and come down
+/// when read, or layer by layer as backward finishes them when a <c>GradientsReady</c> hook wants them; another
+/// optimizer steps on the host (gradients down, values up). A training step with SGD waits for the device three times:
+/// the input's upload, the logits (the loss is computed on the host), and the gradient check before the step.
 /// </remarks>
 internal sealed unsafe class CudaBackend
 {
@@ -181,6 +183,22 @@ internal sealed unsafe class CudaBackend
     public void NoteDeviceCurrent((long Weights, long Statistics) before, (long Weights, long Statistics) after)
     {
         if (_uploadedVersion == before) _uploadedVersion = after;
+    }
+
+    private float* _backup;
+
+    /// <summary>Keeps a copy of every value (before a training forward moves the running statistics).</summary>
+    public void BackUpValues()
+    {
+        if (_backup == null) _backup = (float*)Allocate(_spec.ValueCount, "values backup");
+        Check(cudaMemcpyAsync(_backup, _values, (nuint)_spec.ValueCount * sizeof(float), MemcpyDeviceToDevice, _stream), "cudaMemcpyAsync (values backup)");
+    }
+
+    /// <summary>Puts back the copy <see cref="BackUpValues"/> kept (a batch whose loss was not finite).</summary>
+    public void RestoreValues()
+    {
+        if (_backup == null) throw new InvalidOperationException($"{_spec.Name}: no values were backed up on the GPU.");
+        Check(cudaMemcpyAsync(_values, _backup, (nuint)_spec.ValueCount * sizeof(float), MemcpyDeviceToDevice, _stream), "cudaMemcpyAsync (values restore)");
     }
 
     /// <summary>Before an optimizer step on the device: the values, if the host's are newer.</summary>
@@ -414,12 +432,11 @@ internal sealed unsafe class CudaBackend
 
     /// <summary>
     /// z = conv(x), a = relu?(BN(z) + residual): BatchNorm with the batch's statistics (updating the running ones on the
-    /// device and copying them into <paramref name="hostValues"/>) when <paramref name="batchStatistics"/>, else with
-    /// the running ones. <paramref name="z"/> may be <paramref name="a"/> itself (a forward that keeps nothing): z then
+    /// device) when <paramref name="batchStatistics"/>, else with the running ones. <paramref name="z"/> may be <paramref name="a"/> itself (a forward that keeps nothing): z then
     /// goes to scratch memory.
     /// </summary>
     public void ConvForward(int index, ReadOnlySpan<float> x, Span<float> z, Span<float> a, ReadOnlySpan<float> residual,
-        int batch, int cin, int h, int w, int cout, int oh, int ow, int stride, int pad, bool relu, bool batchStatistics, Span<float> hostValues)
+        int batch, int cin, int h, int w, int cout, int oh, int ow, int stride, int pad, bool relu, bool batchStatistics)
     {
         var c = _spec.Convs[index];
         var plan = Plan(index, stride, pad);
@@ -453,7 +470,6 @@ internal sealed unsafe class CudaBackend
             CheckDnn(cudnnBatchNormalizationForwardTraining(_dnn, BatchNormSpatial, &one, &zero, yDesc, pz, yDesc, pa, bnDesc,
                 bn, bn + cout, Cpu.Kernels.BatchNormMomentum, bn + 2 * cout, bn + 3 * cout, Cpu.Kernels.BatchNormEpsilon, plan.SavedMean, plan.SavedInvStd),
                 $"cudnnBatchNormalizationForwardTraining (conv {index})");
-            Download(hostValues.Slice((int)c.BatchNorm + 2 * cout, 2 * cout), bn + 2 * cout, "running statistics", index);
         }
         else
         {
@@ -462,7 +478,6 @@ internal sealed unsafe class CudaBackend
         }
         if (pr != null) CheckDnn(cudnnAddTensor(_dnn, &one, yDesc, pr, &one, yDesc, pa), $"cudnnAddTensor (conv {index} residual)");
         if (relu) CheckDnn(cudnnActivationForward(_dnn, _relu, &one, yDesc, pa, &zero, yDesc, pa), $"cudnnActivationForward (conv {index} ReLU)");
-        if (batchStatistics) Synchronize("running statistics", index);
     }
 
     /// <summary>

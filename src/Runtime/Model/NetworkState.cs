@@ -530,10 +530,10 @@ public sealed unsafe class NetworkState
             CheckSize(saved, "saved activations", _spec.Name, batch);
             CheckSize(grads, "activation gradients", _spec.Name, batch);
             _batchStatistics = true;
-            BackUpStatistics();
             // Gradients on the device already (a step without ZeroGrad accumulates) stay there; host ones go up.
             var hostGradients = _gradientsAreZero || _gradientsOnDevice ? Span<float>.Empty : Gradients;
             _gpu.BeginTraining(batch, RawValues, (_weightsVersion, _statisticsVersion), hostGradients, _gradientsAreZero, out var savedArena, out gradients);
+            BackUpStatistics(); // on the device, now that the values there are current
             _gradientsAreZero = false;
             _hostGradientsNeedClearing = false;
             // Backward leaves them on the device unless a hook wants each layer's on the host as it is done.
@@ -583,7 +583,7 @@ public sealed unsafe class NetworkState
         var c = CheckConv(index, cin, cout, kernel);
         if (_gpu is not null && !IsTraining)
         {
-            _gpu.ConvForward(index, x, y, y, residual, batch, cin, h, w, cout, oh, ow, stride, pad, relu, batchStatistics: false, RawValues);
+            _gpu.ConvForward(index, x, y, y, residual, batch, cin, h, w, cout, oh, ow, stride, pad, relu, batchStatistics: false);
             return;
         }
         if (!IsTraining)
@@ -606,7 +606,11 @@ public sealed unsafe class NetworkState
         if (batchStatistics && (long)batch * oh * ow <= 1)
             throw new ArgumentException($"{_spec.Name}: train-mode BatchNorm needs more than one value per channel (PyTorch's rule); a batch of {batch} at {oh}x{ow} has one. Use a larger batch or Eval().");
         if (_gpu is not null)
-            _gpu.ConvForward(index, x, z, a, residual, batch, cin, h, w, cout, oh, ow, stride, pad, relu, batchStatistics, RawValues);
+        {
+            _gpu.ConvForward(index, x, z, a, residual, batch, cin, h, w, cout, oh, ow, stride, pad, relu, batchStatistics);
+            // The running statistics just moved on the device: they come down when the host reads the values.
+            if (batchStatistics) _valuesOnDevice = true;
+        }
         else
         {
             Cpu.Conv.Forward(x, z, ReadOnlySpan<float>.Empty, Weights(c), ReadOnlySpan<float>.Empty, ReadOnlySpan<float>.Empty,
@@ -619,7 +623,7 @@ public sealed unsafe class NetworkState
             _counters[c.Counter]++;
             var before = (_weightsVersion, _statisticsVersion);
             _statisticsVersion++;
-            // The device computed these statistics and the host copied them down: both hold the new version.
+            // The device computed these statistics and holds the new version.
             _gpu?.NoteDeviceCurrent(before, (_weightsVersion, _statisticsVersion));
         }
     }
@@ -765,31 +769,46 @@ public sealed unsafe class NetworkState
 
     private void BackUpStatistics()
     {
+        if (_countersBackup.Length != _counters.Length) _countersBackup = new long[_counters.Length];
+        _counters.CopyTo(_countersBackup, 0);
+        if (_gpu is not null)
+        {
+            _gpu.BackUpValues();
+            return;
+        }
         if (_statisticsBackup.Length == 0)
         {
             int n = 0;
             foreach (var c in _spec.Convs) n += 2 * c.OutChannels;
             _statisticsBackup = new float[n];
-            _countersBackup = new long[_counters.Length];
         }
         int at = 0;
         foreach (var c in _spec.Convs)
         {
-            RawValues.AsSpan((int)c.BatchNorm + 2 * c.OutChannels, 2 * c.OutChannels).CopyTo(_statisticsBackup.AsSpan(at));
+            ValueArray.AsSpan((int)c.BatchNorm + 2 * c.OutChannels, 2 * c.OutChannels).CopyTo(_statisticsBackup.AsSpan(at));
             at += 2 * c.OutChannels;
         }
-        _counters.CopyTo(_countersBackup, 0);
     }
 
     private void RestoreStatistics()
     {
+        _countersBackup.CopyTo(_counters, 0);
+        if (_gpu is not null)
+        {
+            // The device's values as they were before this batch's forward (only the running statistics had changed).
+            _gpu.RestoreValues();
+            var before = (_weightsVersion, _statisticsVersion);
+            _statisticsVersion++;
+            _gpu.NoteDeviceCurrent(before, (_weightsVersion, _statisticsVersion));
+            _valuesOnDevice = true;
+            return;
+        }
         int at = 0;
         foreach (var c in _spec.Convs)
         {
             _statisticsBackup.AsSpan(at, 2 * c.OutChannels).CopyTo(ValueArray.AsSpan((int)c.BatchNorm + 2 * c.OutChannels));
             at += 2 * c.OutChannels;
         }
-        _countersBackup.CopyTo(_counters, 0);
         _statisticsVersion++;
     }
 
