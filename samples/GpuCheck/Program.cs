@@ -50,6 +50,9 @@ namespace Unrolled.GpuCheck
             }
 
             int failures = 0;
+            var auto = new Tiny18(Device.Auto);
+            Console.WriteLine($"Device.Auto chose {auto.Device}");
+            if (auto.Device != Device.Cuda) failures++;
             failures += Case("tiny18", () => new Tiny18(Device.Cuda), () => new Tiny18(), reference, "tiny18.safetensors", "tiny18_io.safetensors", 10);
             failures += Case("tiny50", () => new Tiny50(Device.Cuda), () => new Tiny50(), reference, "tiny50.safetensors", "tiny50_io.safetensors", 10);
             if (!quick)

@@ -61,6 +61,8 @@ public sealed class FakeCudaTests(ITestOutputHelper output) : IDisposable
             "tiny18 AdamW on the host, accumulated batches: PASS", "tiny18 non-finite batch: PASS",
         };
         foreach (string line in cases) Assert.Contains(line, text);
+        Assert.Contains("Unrolled: Device.Auto -> CUDA: 1 GPU(s)", text); // the one line on stderr
+        Assert.Contains("Device.Auto chose Cuda", text);
         Assert.DoesNotContain("FAIL", text);
         Assert.Equal(0, code);
     }

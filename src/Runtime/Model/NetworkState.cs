@@ -49,7 +49,21 @@ public sealed unsafe class NetworkState
     {
         _spec = spec;
         Device = Choose(device, spec.Name);
-        if (Device == Device.Cuda) _gpu = new Gpu.CudaBackend(spec);
+        if (Device == Device.Cuda)
+        {
+            try
+            {
+                _gpu = new Gpu.CudaBackend(spec);
+            }
+            catch (Exception e) when (device == Device.Auto && e is Gpu.CudaException or DllNotFoundException or EntryPointNotFoundException)
+            {
+                // Auto never fails for the GPU's sake: a GPU that cannot make the backend (a cuDNN sub-library missing,
+                // a driver too old) means the CPU, said once.
+                Device = Device.Cpu;
+                if (Interlocked.Exchange(ref s_autoFellBack, 1) == 0 && Environment.GetEnvironmentVariable("UNROLLED_QUIET") != "1")
+                    Console.Error.WriteLine($"Unrolled: Device.Auto -> CPU: the CUDA backend could not start ({e.GetType().Name}: {e.Message})");
+            }
+        }
         _seed = seed;
         _counters = new long[spec.CounterCount];
         _byKey = new Dictionary<string, StateEntry>(spec.Entries.Length, StringComparer.Ordinal);
@@ -79,7 +93,7 @@ public sealed unsafe class NetworkState
         }
     }
 
-    private static int s_autoNoted;
+    private static int s_autoNoted, s_autoFellBack;
 
     // The CUDA backend when the network runs on the GPU.
     private readonly Gpu.CudaBackend? _gpu;
@@ -103,9 +117,9 @@ public sealed unsafe class NetworkState
                 var probe = Gpu.CudaLibraries.Probe();
                 if (Interlocked.Exchange(ref s_autoNoted, 1) == 0 && Environment.GetEnvironmentVariable("UNROLLED_QUIET") != "1")
                     Console.Error.WriteLine(probe.Usable
-                        ? $"Unrolled: Device.Auto -> CPU: CUDA is usable ({probe.Reason}), but the CUDA backend has not been checked on a GPU yet; ask for Device.Cuda to use it"
+                        ? $"Unrolled: Device.Auto -> CUDA: {probe.Reason} (Device.Cpu keeps a network on the CPU)"
                         : $"Unrolled: Device.Auto -> CPU: CUDA {probe.Reason}");
-                return Device.Cpu;
+                return probe.Usable ? Device.Cuda : Device.Cpu;
             }
             case Device.Cuda:
             {
