@@ -64,6 +64,7 @@ namespace Unrolled.GpuCheck
             failures += SteadyState("tiny50", () => new Tiny50(Device.Cuda), reference);
             failures += HostOptimizer("tiny18", () => new Tiny18(Device.Cuda), () => new Tiny18(), reference);
             failures += NonFinite("tiny18", () => new Tiny18(Device.Cuda), reference);
+            failures += EvalModeGradients("tiny50", () => new Tiny50(Device.Cuda), () => new Tiny50(), reference);
 
             if (!quick)
             {
@@ -382,6 +383,47 @@ namespace Unrolled.GpuCheck
             catch (Exception e)
             {
                 Console.WriteLine($"{name} non-finite batch: FAIL: {e.GetType().Name}: {e.Message}");
+                return 1;
+            }
+        }
+
+        /// <summary>
+        /// Gradients in eval mode (BatchNorm with its running statistics, as when fine-tuning with frozen BatchNorm) on
+        /// the GPU against the CPU's, which the CPU tests check by finite differences: relative L2 within 2e-3.
+        /// </summary>
+        private static int EvalModeGradients(string name, Func<IResNet> onGpu, Func<IResNet> onCpu, string dir)
+        {
+            try
+            {
+                var gpu = LoadTiny(name, onGpu, dir, out var io);
+                if (gpu is null) return 1;
+                var cpu = onCpu();
+                cpu.LoadWeights(Path.Combine(dir, name + ".safetensors"));
+                var gpuLogits = new float[io["logits_eval"].Length];
+                var cpuLogits = new float[gpuLogits.Length];
+                gpu.Eval();
+                cpu.Eval();
+                float gpuLoss = gpu.ForwardBackward(io["input"], Labels(io), gpuLogits);
+                float cpuLoss = cpu.ForwardBackward(io["input"], Labels(io), cpuLogits);
+                int checkedCount = 0, failed = 0;
+                double worst = 0;
+                foreach (string key in gpu.StateKeys)
+                {
+                    if (!io.ContainsKey("grad." + key)) continue; // the parameters
+                    double error = RelativeL2(gpu.GetGradient(key), cpu.GetGradient(key));
+                    worst = Math.Max(worst, error);
+                    if (!(error <= 2e-3) && ++failed <= 5) Console.WriteLine($"  {name} eval-mode grad {key}: relative L2 {error:E3} against the CPU's");
+                    checkedCount++;
+                }
+                double logitError = MaxRelative(gpuLogits, io["logits_eval"]);
+                bool pass = failed == 0 && checkedCount > 0 && logitError <= 1e-3 && Math.Abs(gpuLoss - cpuLoss) <= 1e-3 * Math.Abs(cpuLoss);
+                Console.WriteLine($"{name} eval-mode gradients: {(pass ? "PASS" : "FAIL")}: logits {logitError:E3} against PyTorch's eval logits, " +
+                    $"loss {gpuLoss} (cpu {cpuLoss}), {checkedCount - failed}/{checkedCount} gradients agree with the CPU's (worst {worst:E2})");
+                return pass ? 0 : 1;
+            }
+            catch (Exception e)
+            {
+                Console.WriteLine($"{name} eval-mode gradients: FAIL: {e.GetType().Name}: {e.Message}");
                 return 1;
             }
         }

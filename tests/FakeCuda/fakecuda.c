@@ -233,6 +233,7 @@ int cudnnSetConvolution2dDescriptor(Conv *d, int ph, int pw, int sh, int sw, int
 int cudnnSetConvolutionMathType(Conv *d, int math) { (void)math; return d->set ? DNN_OK : DNN_BAD_PARAM; }
 
 static long count_of(const Tensor *t) { return (long)t->n * t->c * t->h * t->w; }
+static int same_shape(const Tensor *a, const Tensor *b) { return a->set && b->set && a->n == b->n && a->c == b->c && a->h == b->h && a->w == b->w; }
 
 /* The shapes of a convolution: x [n, c, h, w] * w [k, c, r, s] -> y [n, k, oh, ow], cross-correlation, no dilation. */
 static int conv_shapes_ok(const Tensor *x, const Filter *f, const Conv *c, const Tensor *y)
@@ -439,6 +440,51 @@ int cudnnBatchNormalizationBackward(void *h, int mode, const float *alpha_data, 
     return DNN_OK;
 }
 
+/* db = alpha * (per-channel sum of dy over n, h, w) + beta * db. */
+int cudnnConvolutionBackwardBias(void *h, const float *alpha, Tensor *dyd, const float *dy, const float *beta, Tensor *dbd, float *db)
+{
+    (void)h;
+    if (!dyd->set || !dbd->set || dbd->n != 1 || dbd->c != dyd->c || dbd->h != 1 || dbd->w != 1 || !device_floats(dy, count_of(dyd))
+        || !device_floats(db, dyd->c))
+        return DNN_BAD_PARAM;
+    long hw = (long)dyd->h * dyd->w;
+    for (int ch = 0; ch < dyd->c; ch++)
+    {
+        double sum = 0;
+        for (int n = 0; n < dyd->n; n++)
+            for (long i = 0; i < hw; i++) sum += dy[AT(dyd, n, ch, i)];
+        db[ch] = *beta == 0 ? (float)(*alpha * sum) : (float)(*alpha * sum + *beta * db[ch]);
+    }
+    return DNN_OK;
+}
+
+typedef struct { int set, op; } OpT;
+int cudnnCreateOpTensorDescriptor(OpT **d) { *d = calloc(1, sizeof(OpT)); return DNN_OK; }
+int cudnnDestroyOpTensorDescriptor(OpT *d) { free(d); return DNN_OK; }
+int cudnnSetOpTensorDescriptor(OpT *d, int op, int type, int nan)
+{
+    (void)nan;
+    if (type != 0 || (op != 0 && op != 1)) return DNN_NOT_SUPPORTED;
+    *d = (OpT){ 1, op };
+    return DNN_OK;
+}
+
+/* C = op(alpha1 * A, alpha2 * B) + beta * C, same shapes (the stand-in broadcasts nothing here). */
+int cudnnOpTensor(void *h, OpT *d, const float *alpha1, Tensor *ad, const float *a, const float *alpha2, Tensor *bd, const float *b,
+                  const float *beta, Tensor *cd, float *c)
+{
+    (void)h;
+    long count = count_of(cd);
+    if (!d->set || !same_shape(ad, cd) || !same_shape(bd, cd) || !device_floats(a, count) || !device_floats(b, count) || !device_floats(c, count))
+        return DNN_BAD_PARAM;
+    for (long i = 0; i < count; i++)
+    {
+        double x = *alpha1 * (double)a[i], y = *alpha2 * (double)b[i], v = d->op == 1 ? x * y : x + y;
+        c[i] = *beta == 0 ? (float)v : (float)(v + *beta * c[i]);
+    }
+    return DNN_OK;
+}
+
 int cudnnCreateActivationDescriptor(Act **d) { *d = calloc(1, sizeof(Act)); return DNN_OK; }
 int cudnnDestroyActivationDescriptor(Act *d) { free(d); return DNN_OK; }
 int cudnnSetActivationDescriptor(Act *d, int mode, int nan, double coefficient)
@@ -449,7 +495,6 @@ int cudnnSetActivationDescriptor(Act *d, int mode, int nan, double coefficient)
     return DNN_OK;
 }
 
-static int same_shape(const Tensor *a, const Tensor *b) { return a->set && b->set && a->n == b->n && a->c == b->c && a->h == b->h && a->w == b->w; }
 
 int cudnnActivationForward(void *h, Act *act, const float *alpha, Tensor *xd, const float *x, const float *beta, Tensor *yd, float *y)
 {

@@ -11,7 +11,7 @@ namespace Unrolled.Tests;
 /// cuBLAS and cuDNN written from their documented semantics, is compiled here and loaded under the real libraries'
 /// names; then the GPU check program runs its tiny reference cases on Device.Cuda: eval logits, train-mode logits,
 /// loss and every gradient, and two SGD steps (taken on the device), each against PyTorch's numbers; AdamW (a host
-/// step) over accumulated batches against the CPU; and that a warmed-up inference call and training step allocate
+/// step) over accumulated batches and eval-mode (frozen BatchNorm) gradients against the CPU; and that a warmed-up inference call and training step allocate
 /// no managed memory. The stand-in rejects any pointer that
 /// is not device memory and fills new device memory with NaN, so a tensor mapped to the wrong place, a host pointer
 /// handed to a device function, or a value read before it was written fails the check.
@@ -59,6 +59,7 @@ public sealed class FakeCudaTests(ITestOutputHelper output) : IDisposable
             "tiny18: PASS", "tiny50: PASS", "tiny18 gradients: PASS", "tiny50 gradients: PASS",
             "tiny18 two SGD steps: PASS", "tiny50 two SGD steps: PASS", "tiny50 steady state: PASS",
             "tiny18 AdamW on the host, accumulated batches: PASS", "tiny18 non-finite batch: PASS",
+            "tiny50 eval-mode gradients: PASS",
         };
         foreach (string line in cases) Assert.Contains(line, text);
         Assert.Contains("Unrolled: Device.Auto -> CUDA: 1 GPU(s)", text); // the one line on stderr

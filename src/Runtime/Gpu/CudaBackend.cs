@@ -487,11 +487,11 @@ internal sealed unsafe class CudaBackend
     /// </summary>
     public void ConvBackward(int index, ReadOnlySpan<float> x, ReadOnlySpan<float> z, ReadOnlySpan<float> a, Span<float> g,
         Span<float> gResidual, Span<float> gx, int batch, int cin, int h, int w, int cout, int oh, int ow, int stride, int pad, bool relu,
-        Span<float> hostGradients)
+        bool batchStatistics, Span<float> hostGradients)
     {
         var c = _spec.Convs[index];
         var plan = Plan(index, stride, pad);
-        if (plan.SavedMean == null)
+        if (batchStatistics && plan.SavedMean == null)
             throw new InvalidOperationException($"{_spec.Name}: conv {index}'s backward on the GPU needs its train-mode forward first.");
         float* px = Map(x), pz = MapArena(z, "saved input to BatchNorm", index), pa = MapArena(a, "saved output", index);
         float* pg = MapArena(g, "output gradient", index);
@@ -514,8 +514,11 @@ internal sealed unsafe class CudaBackend
         // dL/dz into whichever buffer does not hold gy; dgamma and dbeta added to the gradients.
         float* gz = gy == _scratch ? pg : _scratch;
         float* bn = _values + c.BatchNorm, dbn = _gradients + c.BatchNorm;
-        CheckDnn(cudnnBatchNormalizationBackward(_dnn, BatchNormSpatial, &one, &zero, &one, &one, yDesc, pz, yDesc, gy, yDesc, gz,
-            bnDesc, bn, dbn, dbn + cout, Cpu.Kernels.BatchNormEpsilon, plan.SavedMean, plan.SavedInvStd), $"cudnnBatchNormalizationBackward (conv {index})");
+        if (batchStatistics)
+            CheckDnn(cudnnBatchNormalizationBackward(_dnn, BatchNormSpatial, &one, &zero, &one, &one, yDesc, pz, yDesc, gy, yDesc, gz,
+                bnDesc, bn, dbn, dbn + cout, Cpu.Kernels.BatchNormEpsilon, plan.SavedMean, plan.SavedInvStd), $"cudnnBatchNormalizationBackward (conv {index})");
+        else
+            RunningBatchNormBackward(index, pz, gy, gz, yDesc, bnDesc, cout, outFloats);
         int filterAlgo = Algorithm(index, plan, FindBackwardFilter, batch, xDesc, yDesc);
         CheckDnn(cudnnConvolutionBackwardFilter(_dnn, &one, xDesc, px, yDesc, gz, plan.Convolution, filterAlgo, _workspace, _workspaceBytes,
             &one, plan.Filter, _gradients + c.Weight), $"cudnnConvolutionBackwardFilter (conv {index})");
@@ -531,6 +534,54 @@ internal sealed unsafe class CudaBackend
             Download(hostGradients.Slice((int)c.BatchNorm, 2 * cout), dbn, "BatchNorm gradients", index);
             Synchronize("gradients", index);
         }
+    }
+
+    private float* _channelOnes, _zeros, _normalized, _product;
+    private long _normalizedFloats, _productFloats;
+    private nint _multiply;
+
+    /// <summary>
+    /// BatchNorm's backward with the running statistics (a network in eval mode, as in fine-tuning with frozen
+    /// BatchNorm): dz = gy * gamma / sqrt(var + eps), dbeta += sum(gy), dgamma += sum(gy * (z - mean) / sqrt(var + eps)),
+    /// each per channel. cuDNN has no call for it; its BatchNorm inference does the per-channel affine maps (with
+    /// zero means and biases, unit scales where needed), cudnnOpTensor the product, cudnnConvolutionBackwardBias the sums.
+    /// </summary>
+    private void RunningBatchNormBackward(int index, float* z, float* gy, float* gz, nint yDesc, nint bnDesc, int cout, long outFloats)
+    {
+        var c = _spec.Convs[index];
+        if (_channelOnes == null)
+        {
+            int widest = 0;
+            foreach (var conv in _spec.Convs) widest = Math.Max(widest, conv.OutChannels);
+            _channelOnes = (float*)Allocate(widest, "channel ones");
+            _zeros = (float*)Allocate(widest, "zeros");
+            var ones = new float[widest];
+            Array.Fill(ones, 1f);
+            fixed (float* host = ones)
+                Check(cudaMemcpyAsync(_channelOnes, host, (nuint)widest * sizeof(float), MemcpyHostToDevice, _stream), "cudaMemcpyAsync (channel ones)");
+            Check(cudaMemsetAsync(_zeros, 0, (nuint)widest * sizeof(float), _stream), "cudaMemsetAsync (zeros)");
+            nint multiply;
+            CheckDnn(cudnnCreateOpTensorDescriptor(&multiply), "cudnnCreateOpTensorDescriptor");
+            CheckDnn(cudnnSetOpTensorDescriptor(multiply, OpTensorMul, DataFloat, PropagateNan), "cudnnSetOpTensorDescriptor (MUL)");
+            _multiply = multiply;
+            Synchronize("channel ones");
+        }
+        Grow(ref _normalized, ref _normalizedFloats, outFloats, "normalized BatchNorm input");
+        Grow(ref _product, ref _productFloats, outFloats, "BatchNorm gradient product");
+        float* bn = _values + c.BatchNorm, dbn = _gradients + c.BatchNorm;
+        float* mean = bn + 2 * cout, variance = bn + 3 * cout;
+        float one = 1, zero = 0;
+        double eps = Cpu.Kernels.BatchNormEpsilon;
+        // dz = gamma * (gy - 0) / sqrt(var + eps) + 0
+        CheckDnn(cudnnBatchNormalizationForwardInference(_dnn, BatchNormSpatial, &one, &zero, yDesc, gy, yDesc, gz, bnDesc,
+            bn, _zeros, _zeros, variance, eps), $"cudnnBatchNormalizationForwardInference (conv {index}'s input gradient)");
+        CheckDnn(cudnnConvolutionBackwardBias(_dnn, &one, yDesc, gy, &one, bnDesc, dbn + cout), $"cudnnConvolutionBackwardBias (conv {index}'s BatchNorm bias gradient)");
+        // xhat = 1 * (z - mean) / sqrt(var + eps) + 0, then gy * xhat summed per channel.
+        CheckDnn(cudnnBatchNormalizationForwardInference(_dnn, BatchNormSpatial, &one, &zero, yDesc, z, yDesc, _normalized, bnDesc,
+            _channelOnes, _zeros, mean, variance, eps), $"cudnnBatchNormalizationForwardInference (conv {index}'s normalized input)");
+        CheckDnn(cudnnOpTensor(_dnn, _multiply, &one, yDesc, gy, &one, yDesc, _normalized, &zero, yDesc, _product),
+            $"cudnnOpTensor (conv {index}'s BatchNorm weight gradient)");
+        CheckDnn(cudnnConvolutionBackwardBias(_dnn, &one, yDesc, _product, &one, bnDesc, dbn), $"cudnnConvolutionBackwardBias (conv {index}'s BatchNorm weight gradient)");
     }
 
     public void MaxPool(ReadOnlySpan<float> x, Span<float> y, int batch, int channels, int h, int w, int oh, int ow, int kernel, int stride, int pad)

@@ -136,6 +136,14 @@ internal static unsafe partial class CudaNative
     [LibraryImport(Cudnn)]
     public static partial int cudnnConvolutionBackwardFilter(nint handle, float* alpha, nint xDesc, float* x, nint dyDesc, float* dy, nint convDesc,
         int algo, void* workspace, nuint workspaceBytes, float* beta, nint dwDesc, float* dw);
+    [LibraryImport(Cudnn)]
+    public static partial int cudnnConvolutionBackwardBias(nint handle, float* alpha, nint dyDesc, float* dy, float* beta, nint dbDesc, float* db);
+    public const int OpTensorMul = 1;
+    [LibraryImport(Cudnn)] public static partial int cudnnCreateOpTensorDescriptor(nint* descriptor);
+    [LibraryImport(Cudnn)] public static partial int cudnnSetOpTensorDescriptor(nint descriptor, int op, int computeType, int nanPropagation);
+    [LibraryImport(Cudnn)]
+    public static partial int cudnnOpTensor(nint handle, nint opDesc, float* alpha1, nint aDesc, float* a, float* alpha2, nint bDesc, float* b,
+        float* beta, nint cDesc, float* c);
     [LibraryImport(Cudnn)] public static partial int cudnnCreateActivationDescriptor(nint* descriptor);
     [LibraryImport(Cudnn)] public static partial int cudnnSetActivationDescriptor(nint descriptor, int mode, int nanPropagation, double coefficient);
     [LibraryImport(Cudnn)] public static partial int cudnnDestroyActivationDescriptor(nint descriptor);

@@ -539,15 +539,13 @@ public sealed unsafe class NetworkState
         long grads = (long)batch * _spec.GradientArenaPerImage;
         if (_gpu is not null)
         {
-            if (!IsTraining)
-                throw new NotSupportedException($"{_spec.Name}: ForwardBackward on the GPU needs train mode (call Train() first): cuDNN's BatchNorm backward is the batch-statistics one.");
             CheckSize(saved, "saved activations", _spec.Name, batch);
             CheckSize(grads, "activation gradients", _spec.Name, batch);
-            _batchStatistics = true;
+            _batchStatistics = IsTraining;
             // Gradients on the device already (a step without ZeroGrad accumulates) stay there; host ones go up.
             var hostGradients = _gradientsAreZero || _gradientsOnDevice ? Span<float>.Empty : Gradients;
             _gpu.BeginTraining(batch, RawValues, (_weightsVersion, _statisticsVersion), hostGradients, _gradientsAreZero, out var savedArena, out gradients);
-            BackUpStatistics(); // on the device, now that the values there are current
+            if (_batchStatistics) BackUpStatistics(); // on the device, now that the values there are current
             _gradientsAreZero = false;
             _hostGradientsNeedClearing = false;
             // Backward leaves them on the device unless a hook wants each layer's on the host as it is done.
@@ -653,7 +651,7 @@ public sealed unsafe class NetworkState
         var c = CheckConv(index, cin, cout, kernel);
         if (_gpu is not null)
         {
-            _gpu.ConvBackward(index, x, z, a, g, gResidual, gx, batch, cin, h, w, cout, oh, ow, stride, pad, relu,
+            _gpu.ConvBackward(index, x, z, a, g, gResidual, gx, batch, cin, h, w, cout, oh, ow, stride, pad, relu, _batchStatistics,
                 _gradientsOnDevice ? Span<float>.Empty : GradientStore);
             GradientsReady?.Invoke(index);
             return;
