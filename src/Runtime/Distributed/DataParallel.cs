@@ -34,6 +34,9 @@ public sealed unsafe class DataParallel : IDisposable
         ArgumentNullException.ThrowIfNull(network);
         ArgumentNullException.ThrowIfNull(mpi);
         if (!(bucketMegabytes > 0)) throw new ArgumentOutOfRangeException(nameof(bucketMegabytes), bucketMegabytes, "must be > 0");
+        if (syncBatchNorm && network.Device == Device.Cuda)
+            throw new NotSupportedException("SyncBatchNorm is not available on the GPU: cuDNN computes the batch statistics on the device, where MPI " +
+                "cannot reduce them (that needs NCCL, not implemented). Use per-rank BatchNorm (syncBatchNorm: false) or Device.Cpu.");
         Network = network;
         _state = network.State;
         _mpi = mpi;
