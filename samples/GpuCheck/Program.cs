@@ -124,6 +124,20 @@ namespace Unrolled.GpuCheck
             }
         }
 
+        /// <summary>Runs one check; an exception fails it with its type and message instead of ending the program.</summary>
+        private static int Guarded(string title, Func<int> check)
+        {
+            try
+            {
+                return check();
+            }
+            catch (Exception e)
+            {
+                Console.WriteLine($"{title}: FAIL: {e.GetType().Name}: {e.Message}");
+                return 1;
+            }
+        }
+
         private static IResNet? LoadTiny(string name, Func<IResNet> onGpu, string dir, out Dictionary<string, float[]> io)
         {
             string weightsPath = Path.Combine(dir, name + ".safetensors"), ioPath = Path.Combine(dir, name + "_io.safetensors");
@@ -143,290 +157,244 @@ namespace Unrolled.GpuCheck
         private static int[] Labels(Dictionary<string, float[]> io) => Array.ConvertAll(io["target"], v => (int)v);
 
         /// <summary>Train-mode logits, loss and every parameter's gradient against PyTorch's (the CPU test's tolerances).</summary>
-        private static int Gradients(string name, Func<IResNet> onGpu, string dir)
+        private static int Gradients(string name, Func<IResNet> onGpu, string dir) => Guarded($"{name} gradients", () =>
         {
-            try
+            var net = LoadTiny(name, onGpu, dir, out var io);
+            if (net is null) return 1;
+            var logits = new float[io["logits_train"].Length];
+            float loss = net.ForwardBackward(io["input"], Labels(io), logits);
+            double logitError = MaxRelative(logits, io["logits_train"]);
+            double lossError = Math.Abs(loss - io["loss"][0]) / Math.Abs(io["loss"][0]);
+            bool pass = logitError <= 1e-3 && lossError <= 1e-3;
+            int checkedCount = 0, failed = 0;
+            double worstRatio = 0;
+            string worst = "";
+            foreach (string key in net.StateKeys)
             {
-                var net = LoadTiny(name, onGpu, dir, out var io);
-                if (net is null) return 1;
-                var logits = new float[io["logits_train"].Length];
-                float loss = net.ForwardBackward(io["input"], Labels(io), logits);
-                double logitError = MaxRelative(logits, io["logits_train"]);
-                double lossError = Math.Abs(loss - io["loss"][0]) / Math.Abs(io["loss"][0]);
-                bool pass = logitError <= 1e-3 && lossError <= 1e-3;
-                int checkedCount = 0, failed = 0;
-                double worstRatio = 0;
-                string worst = "";
-                foreach (string key in net.StateKeys)
+                if (!io.TryGetValue("grad." + key, out var expected)) continue;
+                double error = RelativeL2(net.GetGradient(key), expected);
+                double tolerance = Math.Max(2e-3, 5 * io["fp32err.grad." + key][0]);
+                if (!(error <= tolerance))
                 {
-                    if (!io.TryGetValue("grad." + key, out var expected)) continue;
-                    double error = RelativeL2(net.GetGradient(key), expected);
-                    double tolerance = Math.Max(2e-3, 5 * io["fp32err.grad." + key][0]);
-                    if (!(error <= tolerance))
-                    {
-                        failed++;
-                        if (failed <= 5) Console.WriteLine($"  {name} grad {key}: relative L2 {error:E3} > {tolerance:E3}");
-                    }
-                    if (error / tolerance > worstRatio) (worstRatio, worst) = (error / tolerance, $"{key} {error:E2} (tolerance {tolerance:E2})");
-                    checkedCount++;
+                    failed++;
+                    if (failed <= 5) Console.WriteLine($"  {name} grad {key}: relative L2 {error:E3} > {tolerance:E3}");
                 }
-                pass &= failed == 0 && checkedCount > 0;
-                Console.WriteLine($"{name} gradients: {(pass ? "PASS" : "FAIL")}: train-mode logits {logitError:E3}, loss {lossError:E3}, " +
-                    $"{checkedCount - failed}/{checkedCount} gradients within tolerance; closest: {worst}");
-                return pass ? 0 : 1;
+                if (error / tolerance > worstRatio) (worstRatio, worst) = (error / tolerance, $"{key} {error:E2} (tolerance {tolerance:E2})");
+                checkedCount++;
             }
-            catch (Exception e)
-            {
-                Console.WriteLine($"{name} gradients: FAIL: {e.GetType().Name}: {e.Message}");
-                return 1;
-            }
-        }
+            pass &= failed == 0 && checkedCount > 0;
+            Console.WriteLine($"{name} gradients: {(pass ? "PASS" : "FAIL")}: train-mode logits {logitError:E3}, loss {lossError:E3}, " +
+                $"{checkedCount - failed}/{checkedCount} gradients within tolerance; closest: {worst}");
+            return pass ? 0 : 1;
+        });
 
         /// <summary>Two steps of SGD(lr 0.1, momentum 0.9, weight decay 1e-4): each update against PyTorch's where PyTorch's own fp32 run is stable.</summary>
-        private static int TwoSteps(string name, Func<IResNet> onGpu, string dir)
+        private static int TwoSteps(string name, Func<IResNet> onGpu, string dir) => Guarded($"{name} two SGD steps", () =>
         {
-            try
+            var net = LoadTiny(name, onGpu, dir, out var io);
+            if (net is null) return 1;
+            var before = new Dictionary<string, float[]>();
+            foreach (string key in net.StateKeys) before[key] = net.GetTensor(key);
+            var sgd = new Sgd(net, learningRate: 0.1f, momentum: 0.9f, weightDecay: 1e-4f);
+            var logits = new float[io["logits_train"].Length];
+            for (int step = 0; step < 2; step++)
             {
-                var net = LoadTiny(name, onGpu, dir, out var io);
-                if (net is null) return 1;
-                var before = new Dictionary<string, float[]>();
-                foreach (string key in net.StateKeys) before[key] = net.GetTensor(key);
-                var sgd = new Sgd(net, learningRate: 0.1f, momentum: 0.9f, weightDecay: 1e-4f);
-                var logits = new float[io["logits_train"].Length];
-                for (int step = 0; step < 2; step++)
-                {
-                    sgd.ZeroGrad();
-                    net.ForwardBackward(io["input"], Labels(io), logits);
-                    sgd.Step();
-                }
-                int checkedCount = 0, failed = 0;
-                foreach (string key in net.StateKeys)
-                {
-                    if (!io.TryGetValue("after2steps." + key, out var after)) continue;
-                    double fp32 = io["fp32err.after2steps." + key][0];
-                    if (fp32 > 1e-2) continue; // PyTorch's own float32 trajectory diverges there
-                    var now = net.GetTensor(key);
-                    var expectedUpdate = new float[after.Length];
-                    var actualUpdate = new float[after.Length];
-                    for (int i = 0; i < after.Length; i++)
-                    {
-                        expectedUpdate[i] = after[i] - before[key][i];
-                        actualUpdate[i] = now[i] - before[key][i];
-                    }
-                    double error = RelativeL2(actualUpdate, expectedUpdate), tolerance = Math.Max(1e-2, 5 * fp32);
-                    if (!(error <= tolerance))
-                    {
-                        failed++;
-                        if (failed <= 5) Console.WriteLine($"  {name} {key}: update relative L2 {error:E3} > {tolerance:E3}");
-                    }
-                    checkedCount++;
-                }
-                float tracked = net.GetTensor("bn1.num_batches_tracked")[0];
-                bool pass = failed == 0 && checkedCount >= 90 && tracked == 9f;
-                Console.WriteLine($"{name} two SGD steps: {(pass ? "PASS" : "FAIL")}: {checkedCount - failed}/{checkedCount} updates within tolerance, " +
-                    $"bn1.num_batches_tracked {tracked} (expected 9)");
-                return pass ? 0 : 1;
+                sgd.ZeroGrad();
+                net.ForwardBackward(io["input"], Labels(io), logits);
+                sgd.Step();
             }
-            catch (Exception e)
+            int checkedCount = 0, failed = 0;
+            foreach (string key in net.StateKeys)
             {
-                Console.WriteLine($"{name} two SGD steps: FAIL: {e.GetType().Name}: {e.Message}");
-                return 1;
+                if (!io.TryGetValue("after2steps." + key, out var after)) continue;
+                double fp32 = io["fp32err.after2steps." + key][0];
+                if (fp32 > 1e-2) continue; // PyTorch's own float32 trajectory diverges there
+                var now = net.GetTensor(key);
+                var expectedUpdate = new float[after.Length];
+                var actualUpdate = new float[after.Length];
+                for (int i = 0; i < after.Length; i++)
+                {
+                    expectedUpdate[i] = after[i] - before[key][i];
+                    actualUpdate[i] = now[i] - before[key][i];
+                }
+                double error = RelativeL2(actualUpdate, expectedUpdate), tolerance = Math.Max(1e-2, 5 * fp32);
+                if (!(error <= tolerance))
+                {
+                    failed++;
+                    if (failed <= 5) Console.WriteLine($"  {name} {key}: update relative L2 {error:E3} > {tolerance:E3}");
+                }
+                checkedCount++;
             }
-        }
+            float tracked = net.GetTensor("bn1.num_batches_tracked")[0];
+            bool pass = failed == 0 && checkedCount >= 90 && tracked == 9f;
+            Console.WriteLine($"{name} two SGD steps: {(pass ? "PASS" : "FAIL")}: {checkedCount - failed}/{checkedCount} updates within tolerance, " +
+                $"bn1.num_batches_tracked {tracked} (expected 9)");
+            return pass ? 0 : 1;
+        });
 
         /// <summary>
         /// Managed bytes allocated by an inference call and by a training step (ZeroGrad, ForwardBackward, SGD step) on
         /// the GPU once warmed up: the least over four windows of two calls (the runtime may allocate once on its own).
         /// </summary>
-        private static int SteadyState(string name, Func<IResNet> onGpu, string dir)
+        private static int SteadyState(string name, Func<IResNet> onGpu, string dir) => Guarded($"{name} steady state", () =>
         {
-            try
+            var net = LoadTiny(name, onGpu, dir, out var io);
+            if (net is null) return 1;
+            var sgd = new Sgd(net, learningRate: 0.01f, momentum: 0.9f, weightDecay: 1e-4f);
+            float[] input = io["input"];
+            int[] labels = Labels(io);
+            var logits = new float[io["logits_train"].Length];
+            long training = Least(() =>
             {
-                var net = LoadTiny(name, onGpu, dir, out var io);
-                if (net is null) return 1;
-                var sgd = new Sgd(net, learningRate: 0.01f, momentum: 0.9f, weightDecay: 1e-4f);
-                float[] input = io["input"];
-                int[] labels = Labels(io);
-                var logits = new float[io["logits_train"].Length];
-                long training = Least(() =>
-                {
-                    sgd.ZeroGrad();
-                    net.ForwardBackward(input, labels, logits);
-                    sgd.Step();
-                });
-                net.Eval();
-                long inference = Least(() => net.Forward(input, logits));
-                bool pass = training == 0 && inference == 0;
-                Console.WriteLine($"{name} steady state: {(pass ? "PASS" : "FAIL")}: {inference} B allocated per inference call, {training} B per training step");
-                return pass ? 0 : 1;
-            }
-            catch (Exception e)
-            {
-                Console.WriteLine($"{name} steady state: FAIL: {e.GetType().Name}: {e.Message}");
-                return 1;
-            }
-        }
+                sgd.ZeroGrad();
+                net.ForwardBackward(input, labels, logits);
+                sgd.Step();
+            });
+            net.Eval();
+            long inference = Least(() => net.Forward(input, logits));
+            bool pass = training == 0 && inference == 0;
+            Console.WriteLine($"{name} steady state: {(pass ? "PASS" : "FAIL")}: {inference} B allocated per inference call, {training} B per training step");
+            return pass ? 0 : 1;
+        });
 
         /// <summary>
         /// AdamW (which steps on the host) over two steps of two accumulated ForwardBackward each, on the GPU and on the
         /// CPU from the same weights: the updates agree where PyTorch's own fp32 run is stable. This exercises the
         /// gradients coming down, the values going up after a host step, and accumulation on the device.
         /// </summary>
-        private static int HostOptimizer(string name, Func<IResNet> onGpu, Func<IResNet> onCpu, string dir)
+        private static int HostOptimizer(string name, Func<IResNet> onGpu, Func<IResNet> onCpu, string dir) =>
+            Guarded($"{name} AdamW on the host, accumulated batches", () =>
         {
-            try
+            var gpu = LoadTiny(name, onGpu, dir, out var io);
+            if (gpu is null) return 1;
+            var cpu = onCpu();
+            cpu.LoadWeights(Path.Combine(dir, name + ".safetensors"));
+            cpu.Train();
+            var before = new Dictionary<string, float[]>();
+            foreach (string key in gpu.StateKeys) before[key] = gpu.GetTensor(key);
+            var logits = new float[io["logits_train"].Length];
+            int accumulatedFailed = 0;
+            foreach (var net in new[] { gpu, cpu })
             {
-                var gpu = LoadTiny(name, onGpu, dir, out var io);
-                if (gpu is null) return 1;
-                var cpu = onCpu();
-                cpu.LoadWeights(Path.Combine(dir, name + ".safetensors"));
-                cpu.Train();
-                var before = new Dictionary<string, float[]>();
-                foreach (string key in gpu.StateKeys) before[key] = gpu.GetTensor(key);
-                var logits = new float[io["logits_train"].Length];
-                int accumulatedFailed = 0;
-                foreach (var net in new[] { gpu, cpu })
+                var adamw = new AdamW(net, learningRate: 1e-3f);
+                for (int step = 0; step < 2; step++)
                 {
-                    var adamw = new AdamW(net, learningRate: 1e-3f);
-                    for (int step = 0; step < 2; step++)
-                    {
-                        adamw.ZeroGrad();
-                        net.ForwardBackward(io["input"], Labels(io), logits);
-                        net.ForwardBackward(io["input"], Labels(io), logits);
-                        if (step == 0 && net == gpu)
-                            // The same batch twice in train mode: twice PyTorch's gradients.
-                            foreach (string key in net.StateKeys)
-                            {
-                                if (!io.TryGetValue("grad." + key, out var expected)) continue;
-                                double error = RelativeL2(net.GetGradient(key), Array.ConvertAll(expected, v => 2 * v));
-                                if (!(error <= Math.Max(2e-3, 5 * io["fp32err.grad." + key][0])) && ++accumulatedFailed <= 5)
-                                    Console.WriteLine($"  {name} accumulated grad {key}: relative L2 {error:E3} against twice PyTorch's");
-                            }
-                        adamw.Step();
-                    }
+                    adamw.ZeroGrad();
+                    net.ForwardBackward(io["input"], Labels(io), logits);
+                    net.ForwardBackward(io["input"], Labels(io), logits);
+                    if (step == 0 && net == gpu)
+                        // The same batch twice in train mode: twice PyTorch's gradients.
+                        foreach (string key in net.StateKeys)
+                        {
+                            if (!io.TryGetValue("grad." + key, out var expected)) continue;
+                            double error = RelativeL2(net.GetGradient(key), Array.ConvertAll(expected, v => 2 * v));
+                            if (!(error <= Math.Max(2e-3, 5 * io["fp32err.grad." + key][0])) && ++accumulatedFailed <= 5)
+                                Console.WriteLine($"  {name} accumulated grad {key}: relative L2 {error:E3} against twice PyTorch's");
+                        }
+                    adamw.Step();
                 }
-                int checkedCount = 0, failed = accumulatedFailed;
-                double worst = 0;
-                foreach (string key in gpu.StateKeys)
-                {
-                    if (!io.TryGetValue("fp32err.after2steps." + key, out var fp32) || fp32[0] > 1e-2) continue;
-                    float[] g = gpu.GetTensor(key), c = cpu.GetTensor(key), b = before[key];
-                    var gpuUpdate = new float[b.Length];
-                    var cpuUpdate = new float[b.Length];
-                    for (int i = 0; i < b.Length; i++)
-                    {
-                        gpuUpdate[i] = g[i] - b[i];
-                        cpuUpdate[i] = c[i] - b[i];
-                    }
-                    double error = RelativeL2(gpuUpdate, cpuUpdate);
-                    worst = Math.Max(worst, error);
-                    if (!(error <= 1e-2))
-                    {
-                        failed++;
-                        if (failed <= 5) Console.WriteLine($"  {name} {key}: GPU update vs CPU update relative L2 {error:E3} > 1E-2");
-                    }
-                    checkedCount++;
-                }
-                bool pass = failed == 0 && checkedCount >= 90;
-                Console.WriteLine($"{name} AdamW on the host, accumulated batches: {(pass ? "PASS" : "FAIL")}: {checkedCount - failed}/{checkedCount} updates " +
-                    $"agree with the CPU's (worst relative L2 {worst:E2}); accumulated gradients {(accumulatedFailed == 0 ? "twice PyTorch's" : "WRONG")}");
-                return pass ? 0 : 1;
             }
-            catch (Exception e)
+            int checkedCount = 0, failed = accumulatedFailed;
+            double worst = 0;
+            foreach (string key in gpu.StateKeys)
             {
-                Console.WriteLine($"{name} AdamW on the host, accumulated batches: FAIL: {e.GetType().Name}: {e.Message}");
-                return 1;
+                if (!io.TryGetValue("fp32err.after2steps." + key, out var fp32) || fp32[0] > 1e-2) continue;
+                float[] g = gpu.GetTensor(key), c = cpu.GetTensor(key), b = before[key];
+                var gpuUpdate = new float[b.Length];
+                var cpuUpdate = new float[b.Length];
+                for (int i = 0; i < b.Length; i++)
+                {
+                    gpuUpdate[i] = g[i] - b[i];
+                    cpuUpdate[i] = c[i] - b[i];
+                }
+                double error = RelativeL2(gpuUpdate, cpuUpdate);
+                worst = Math.Max(worst, error);
+                if (!(error <= 1e-2))
+                {
+                    failed++;
+                    if (failed <= 5) Console.WriteLine($"  {name} {key}: GPU update vs CPU update relative L2 {error:E3} > 1E-2");
+                }
+                checkedCount++;
             }
-        }
+            bool pass = failed == 0 && checkedCount >= 90;
+            Console.WriteLine($"{name} AdamW on the host, accumulated batches: {(pass ? "PASS" : "FAIL")}: {checkedCount - failed}/{checkedCount} updates " +
+                $"agree with the CPU's (worst relative L2 {worst:E2}); accumulated gradients {(accumulatedFailed == 0 ? "twice PyTorch's" : "WRONG")}");
+            return pass ? 0 : 1;
+        });
 
         /// <summary>
         /// A batch with a NaN: the loss is NaN, the step refuses (NonFiniteException naming a parameter), and the
         /// weights, the running statistics and num_batches_tracked are as they were before the batch.
         /// </summary>
-        private static int NonFinite(string name, Func<IResNet> onGpu, string dir)
+        private static int NonFinite(string name, Func<IResNet> onGpu, string dir) => Guarded($"{name} non-finite batch", () =>
         {
+            var net = LoadTiny(name, onGpu, dir, out var io);
+            if (net is null) return 1;
+            var sgd = new Sgd(net, learningRate: 0.1f, momentum: 0.9f);
+            var logits = new float[io["logits_train"].Length];
+            sgd.ZeroGrad();
+            net.ForwardBackward(io["input"], Labels(io), logits);
+            sgd.Step(); // a good step first: momentum and values on the device
+            var before = new Dictionary<string, float[]>();
+            foreach (string key in net.StateKeys) before[key] = net.GetTensor(key);
+            var bad = (float[])io["input"].Clone();
+            bad[5] = float.NaN;
+            sgd.ZeroGrad();
+            float loss = net.ForwardBackward(bad, Labels(io), logits);
+            string refused = "no exception";
             try
             {
-                var net = LoadTiny(name, onGpu, dir, out var io);
-                if (net is null) return 1;
-                var sgd = new Sgd(net, learningRate: 0.1f, momentum: 0.9f);
-                var logits = new float[io["logits_train"].Length];
-                sgd.ZeroGrad();
-                net.ForwardBackward(io["input"], Labels(io), logits);
-                sgd.Step(); // a good step first: momentum and values on the device
-                var before = new Dictionary<string, float[]>();
-                foreach (string key in net.StateKeys) before[key] = net.GetTensor(key);
-                var bad = (float[])io["input"].Clone();
-                bad[5] = float.NaN;
-                sgd.ZeroGrad();
-                float loss = net.ForwardBackward(bad, Labels(io), logits);
-                string refused = "no exception";
-                try
-                {
-                    sgd.Step();
-                }
-                catch (NonFiniteException e)
-                {
-                    refused = e.Message;
-                }
-                int changed = 0;
-                foreach (string key in net.StateKeys)
-                {
-                    float[] now = net.GetTensor(key), then = before[key];
-                    for (int i = 0; i < now.Length; i++)
-                        if (BitConverter.SingleToInt32Bits(now[i]) != BitConverter.SingleToInt32Bits(then[i])) { changed++; break; }
-                }
-                bool pass = float.IsNaN(loss) && refused.Contains("NaN") && changed == 0;
-                Console.WriteLine($"{name} non-finite batch: {(pass ? "PASS" : "FAIL")}: loss {loss}, {changed} tensors changed; step: {refused}");
-                return pass ? 0 : 1;
+                sgd.Step();
             }
-            catch (Exception e)
+            catch (NonFiniteException e)
             {
-                Console.WriteLine($"{name} non-finite batch: FAIL: {e.GetType().Name}: {e.Message}");
-                return 1;
+                refused = e.Message;
             }
-        }
+            int changed = 0;
+            foreach (string key in net.StateKeys)
+            {
+                float[] now = net.GetTensor(key), then = before[key];
+                for (int i = 0; i < now.Length; i++)
+                    if (BitConverter.SingleToInt32Bits(now[i]) != BitConverter.SingleToInt32Bits(then[i])) { changed++; break; }
+            }
+            bool pass = float.IsNaN(loss) && refused.Contains("NaN") && changed == 0;
+            Console.WriteLine($"{name} non-finite batch: {(pass ? "PASS" : "FAIL")}: loss {loss}, {changed} tensors changed; step: {refused}");
+            return pass ? 0 : 1;
+        });
 
         /// <summary>
         /// Gradients in eval mode (BatchNorm with its running statistics, as when fine-tuning with frozen BatchNorm) on
         /// the GPU against the CPU's, which the CPU tests check by finite differences: relative L2 within 2e-3.
         /// </summary>
-        private static int EvalModeGradients(string name, Func<IResNet> onGpu, Func<IResNet> onCpu, string dir)
+        private static int EvalModeGradients(string name, Func<IResNet> onGpu, Func<IResNet> onCpu, string dir) =>
+            Guarded($"{name} eval-mode gradients", () =>
         {
-            try
+            var gpu = LoadTiny(name, onGpu, dir, out var io);
+            if (gpu is null) return 1;
+            var cpu = onCpu();
+            cpu.LoadWeights(Path.Combine(dir, name + ".safetensors"));
+            var gpuLogits = new float[io["logits_eval"].Length];
+            var cpuLogits = new float[gpuLogits.Length];
+            gpu.Eval();
+            cpu.Eval();
+            float gpuLoss = gpu.ForwardBackward(io["input"], Labels(io), gpuLogits);
+            float cpuLoss = cpu.ForwardBackward(io["input"], Labels(io), cpuLogits);
+            int checkedCount = 0, failed = 0;
+            double worst = 0;
+            foreach (string key in gpu.StateKeys)
             {
-                var gpu = LoadTiny(name, onGpu, dir, out var io);
-                if (gpu is null) return 1;
-                var cpu = onCpu();
-                cpu.LoadWeights(Path.Combine(dir, name + ".safetensors"));
-                var gpuLogits = new float[io["logits_eval"].Length];
-                var cpuLogits = new float[gpuLogits.Length];
-                gpu.Eval();
-                cpu.Eval();
-                float gpuLoss = gpu.ForwardBackward(io["input"], Labels(io), gpuLogits);
-                float cpuLoss = cpu.ForwardBackward(io["input"], Labels(io), cpuLogits);
-                int checkedCount = 0, failed = 0;
-                double worst = 0;
-                foreach (string key in gpu.StateKeys)
-                {
-                    if (!io.ContainsKey("grad." + key)) continue; // the parameters
-                    double error = RelativeL2(gpu.GetGradient(key), cpu.GetGradient(key));
-                    worst = Math.Max(worst, error);
-                    if (!(error <= 2e-3) && ++failed <= 5) Console.WriteLine($"  {name} eval-mode grad {key}: relative L2 {error:E3} against the CPU's");
-                    checkedCount++;
-                }
-                double logitError = MaxRelative(gpuLogits, io["logits_eval"]);
-                bool pass = failed == 0 && checkedCount > 0 && logitError <= 1e-3 && Math.Abs(gpuLoss - cpuLoss) <= 1e-3 * Math.Abs(cpuLoss);
-                Console.WriteLine($"{name} eval-mode gradients: {(pass ? "PASS" : "FAIL")}: logits {logitError:E3} against PyTorch's eval logits, " +
-                    $"loss {gpuLoss} (cpu {cpuLoss}), {checkedCount - failed}/{checkedCount} gradients agree with the CPU's (worst {worst:E2})");
-                return pass ? 0 : 1;
+                if (!io.ContainsKey("grad." + key)) continue; // the parameters
+                double error = RelativeL2(gpu.GetGradient(key), cpu.GetGradient(key));
+                worst = Math.Max(worst, error);
+                if (!(error <= 2e-3) && ++failed <= 5) Console.WriteLine($"  {name} eval-mode grad {key}: relative L2 {error:E3} against the CPU's");
+                checkedCount++;
             }
-            catch (Exception e)
-            {
-                Console.WriteLine($"{name} eval-mode gradients: FAIL: {e.GetType().Name}: {e.Message}");
-                return 1;
-            }
-        }
+            double logitError = MaxRelative(gpuLogits, io["logits_eval"]);
+            bool pass = failed == 0 && checkedCount > 0 && logitError <= 1e-3 && Math.Abs(gpuLoss - cpuLoss) <= 1e-3 * Math.Abs(cpuLoss);
+            Console.WriteLine($"{name} eval-mode gradients: {(pass ? "PASS" : "FAIL")}: logits {logitError:E3} against PyTorch's eval logits, " +
+                $"loss {gpuLoss} (cpu {cpuLoss}), {checkedCount - failed}/{checkedCount} gradients agree with the CPU's (worst {worst:E2})");
+            return pass ? 0 : 1;
+        });
 
         private static long Least(Action call)
         {
