@@ -155,7 +155,10 @@ public sealed unsafe class NetworkState
     /// <summary>The device holds the gradients of the last backward (and the host's are stale): an optimizer may step there.</summary>
     internal bool GradientsOnDevice => _gradientsOnDevice;
 
-    /// <summary>The values without bringing them from the device: for the GPU's own paths, and the running statistics (always current on the host).</summary>
+    /// <summary>
+    /// The values without bringing them from the device: for the GPU's own paths, which hand them to the backend only
+    /// with their version (uploaded when the host's are the newer).
+    /// </summary>
     private float[] RawValues => _values ??= Initialize(_seed);
 
     private Span<float> GradientStore => (_gradientStore ??= new float[_spec.ValueCount + Skew.Gradients]).AsSpan(Skew.Gradients, (int)_spec.ValueCount);
