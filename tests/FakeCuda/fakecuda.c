@@ -198,11 +198,19 @@ typedef struct { int set, mode; } Act;
 
 const char *cudnnGetErrorString(int status)
 {
-    return status == DNN_BAD_PARAM ? "fake cuDNN: bad parameter (a pointer outside device memory, an unset descriptor or mismatched shapes)"
+    return status == DNN_NOT_INITIALIZED ? "fake cuDNN: not initialized (FAKECUDA_FAIL)"
+         : status == DNN_BAD_PARAM ? "fake cuDNN: bad parameter (a pointer outside device memory, an unset descriptor or mismatched shapes)"
          : status == DNN_NOT_SUPPORTED ? "fake cuDNN: not supported by the stand-in" : "fake cuDNN: error";
 }
 size_t cudnnGetVersion(void) { return 90000; }
-int cudnnCreate(void **handle) { *handle = (void *)0x8; return DNN_OK; }
+/* FAKECUDA_FAIL=cudnnCreate makes the handle's creation fail (CUDNN_STATUS_NOT_INITIALIZED), as a broken install would. */
+int cudnnCreate(void **handle)
+{
+    const char *fail = getenv("FAKECUDA_FAIL");
+    if (fail && strcmp(fail, "cudnnCreate") == 0) return DNN_NOT_INITIALIZED;
+    *handle = (void *)0x8;
+    return DNN_OK;
+}
 int cudnnDestroy(void *handle) { (void)handle; return DNN_OK; }
 int cudnnSetStream(void *handle, void *stream) { (void)handle; (void)stream; return DNN_OK; }
 

@@ -67,4 +67,20 @@ public sealed class FakeCudaTests(ITestOutputHelper output) : IDisposable
         Assert.DoesNotContain("FAIL", text);
         Assert.Equal(0, code);
     }
+
+    [Fact]
+    public void WhenTheBackendCannotStartAutoFallsBackToTheCpuAndCudaNamesTheFailingCall()
+    {
+        string libraries = BuildFakeLibraries();
+        string reference = Path.Combine(AppContext.BaseDirectory, "Fixtures");
+        var (code, text, _) = ChildProcess.Run("dotnet", $"\"{GpuCheckProgram()}\" --reference \"{reference}\" --quick", _dir, timeoutSeconds: 300,
+            environment: new Dictionary<string, string> { ["UNROLLED_CUDA_PATH"] = libraries, ["LD_LIBRARY_PATH"] = "", ["FAKECUDA_FAIL"] = "cudnnCreate" });
+        output.WriteLine(text);
+        Assert.Contains("Unrolled: Device.Auto -> CPU: the CUDA backend could not start (CudaException: cudnnCreate failed with status 1: fake cuDNN: not initialized", text);
+        Assert.Contains("Device.Auto chose Cpu", text);
+        // Device.Cuda does not fall back: each case fails with the call and the library's words.
+        Assert.Contains("tiny18: FAIL: CudaException: cudnnCreate failed with status 1: fake cuDNN: not initialized (FAKECUDA_FAIL)", text);
+        Assert.DoesNotContain(": PASS", text);
+        Assert.Equal(1, code);
+    }
 }
