@@ -591,6 +591,25 @@ public sealed unsafe class NetworkState
 
     private ReadOnlySpan<float> Weights(ConvSpec c) => ValueArray.AsSpan((int)c.Weight, c.OutChannels * c.K);
 
+    // Eval-mode 3x3 stride-1 convolutions by Winograd: their transformed weights, made when first needed and again
+    // after the weights change (allocated once).
+    private float[]?[]? _winograd;
+    private long[]? _winogradVersion;
+
+    private ReadOnlySpan<float> WinogradWeights(int index, ConvSpec c)
+    {
+        _winograd ??= new float[]?[_spec.Convs.Length];
+        _winogradVersion ??= new long[_spec.Convs.Length];
+        var u = _winograd[index];
+        if (u is null || _winogradVersion[index] != _weightsVersion)
+        {
+            u ??= _winograd[index] = new float[Cpu.Winograd.TransformedSize(c.OutChannels, c.InChannels)];
+            Cpu.Winograd.TransformWeights(Weights(c), u, c.OutChannels, c.InChannels);
+            _winogradVersion[index] = _weightsVersion;
+        }
+        return u;
+    }
+
     /// <summary>Conv + BatchNorm (+ residual) (+ ReLU): eval mode applies BN as a per-channel scale and bias in the conv's store; train mode normalizes with batch statistics.</summary>
     public void Conv(int index, ReadOnlySpan<float> x, Span<float> y, ReadOnlySpan<float> residual,
         int batch, int cin, int h, int w, int cout, int oh, int ow, int kernel, int stride, int pad, bool relu)
@@ -603,7 +622,10 @@ public sealed unsafe class NetworkState
         }
         if (!IsTraining)
         {
-            Cpu.Conv.Forward(x, y, residual, Weights(c), _scale[index], _bias[index], batch, cin, h, w, cout, oh, ow, kernel, stride, pad, relu);
+            if (kernel == 3 && stride == 1 && pad == 1 && Cpu.Winograd.Pays(batch, cin, h, w))
+                Cpu.Winograd.Forward(x, y, residual, WinogradWeights(index, c), _scale[index], _bias[index], batch, cin, h, w, cout, relu);
+            else
+                Cpu.Conv.Forward(x, y, residual, Weights(c), _scale[index], _bias[index], batch, cin, h, w, cout, oh, ow, kernel, stride, pad, relu);
             return;
         }
         ConvTrain(index, x, y, y, residual, batch, cin, h, w, cout, oh, ow, kernel, stride, pad, relu);

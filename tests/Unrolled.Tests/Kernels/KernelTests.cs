@@ -77,6 +77,44 @@ public class KernelTests
     }
 
     [Theory]
+    [InlineData(1, 8, 11, 13, 8)]   // odd height and width: the last tiles are cut
+    [InlineData(2, 33, 7, 7, 65)]   // both GEMM kernels, several tiles in the last panel
+    [InlineData(1, 64, 56, 56, 64)] // a ResNet-50 layer1 shape: 784 tiles
+    [InlineData(4, 6, 2, 3, 17)]
+    [InlineData(1, 3, 1, 1, 5)]     // one pixel: one tile, mostly padding
+    public void WinogradMatchesReferenceWithEveryEpilogue(int batch, int cin, int h, int w, int cout)
+    {
+        var rng = new Random(batch * 1000 + cin * 31 + h * 7 + cout);
+        var x = Naive.RandomFloats(rng, batch * cin * h * w);
+        var weight = Naive.RandomFloats(rng, cout * cin * 9, 1.0 / Math.Sqrt(cin * 9));
+        var bias = Naive.RandomFloats(rng, cout);
+        var scale = Naive.RandomFloats(rng, cout);
+        var expected = Naive.Conv(Naive.ToDouble(x), Naive.ToDouble(weight), batch, cin, h, w, cout, 3, 1, 1, out int oh, out int ow);
+        var residual = Naive.RandomFloats(rng, expected.Length);
+        var u = new float[Winograd.TransformedSize(cout, cin)];
+        Winograd.TransformWeights(weight, u, cout, cin);
+
+        foreach (var (useScale, useBias, useResidual, relu) in new[]
+                 { (false, false, false, false), (true, true, false, true), (false, true, true, true), (true, false, true, false) })
+        {
+            var y = new float[expected.Length];
+            y.AsSpan().Fill(float.NaN); // every element must be written
+            Winograd.Forward(x, y, useResidual ? residual : default, u, useScale ? scale : default, useBias ? bias : default,
+                batch, cin, h, w, cout, relu);
+            var want = (double[])expected.Clone();
+            int hw = oh * ow;
+            for (int i = 0; i < want.Length; i++)
+            {
+                if (useScale) want[i] *= scale[i / hw % cout];
+                if (useBias) want[i] += bias[i / hw % cout];
+                if (useResidual) want[i] += residual[i];
+                if (relu) want[i] = Math.Max(0, want[i]);
+            }
+            AssertClose(want, y, 1e-5, $"winograd scale={useScale} bias={useBias} residual={useResidual} relu={relu}");
+        }
+    }
+
+    [Theory]
     [InlineData(3, 112, 112, 3, 2, 1)]
     [InlineData(5, 7, 9, 3, 2, 1)]
     [InlineData(2, 1, 1, 3, 2, 1)]
