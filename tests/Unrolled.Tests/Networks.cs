@@ -33,3 +33,7 @@ public partial class Bottleneck72x88;
 
 [ResNet(18, NumClasses = 3, BaseWidth = 4, ImageSize = 32, ZeroInitResidual = true)]
 public partial class ZeroInit18;
+
+// Full width at a small size: the 3x3 convolutions of layer1 and layer2 have the channels and tiles that Winograd wants.
+[ResNet(18, NumClasses = 3, ImageSize = 64)]
+public partial class Wide18;

@@ -377,3 +377,57 @@ public class TrainingAllocationTests
         }
     }
 }
+
+/// <summary>
+/// The same network with the Winograd convolutions and with the direct ones: eval logits, a training step's loss and
+/// gradients, and the logits after an SGD step (the transformed weights made again) agree to float rounding. The
+/// Winograd kernel itself is checked against the naive convolution in KernelTests; this checks the network's use of it.
+/// Runs alone: it switches Winograd off for the whole process for a while.
+/// </summary>
+[Collection(nameof(AllocationTests))]
+public class WinogradNetworkTests
+{
+    [Fact]
+    public void WinogradGivesTheDirectConvolutionsNumbersInEvalAndTraining()
+    {
+        const int batch = 4;
+        Assert.True(Unrolled.Cpu.Winograd.Pays(batch, 64, 16, 16), "layer1's 3x3 convolutions must take the Winograd path here");
+        var x = Naive.RandomFloats(new Random(3), batch * Wide18.InputSize);
+        var labels = Enumerable.Range(0, batch).Select(i => i % 3).ToArray();
+
+        (float[] Eval, float Loss, float[] Gradient, float[] After) Run(bool direct)
+        {
+            Unrolled.Cpu.Winograd.Off = direct;
+            try
+            {
+                var net = new Wide18();
+                var eval = new float[batch * 3];
+                net.Eval();
+                net.Forward(x, eval);
+                net.Train();
+                var sgd = new Sgd(net, 0.05f, momentum: 0.9f);
+                var logits = new float[batch * 3];
+                sgd.ZeroGrad();
+                float loss = net.ForwardBackward(x, labels, logits);
+                var gradient = net.GetGradient("layer1.0.conv1.weight");
+                sgd.Step();
+                var after = new float[batch * 3];
+                net.Eval();
+                net.Forward(x, after);
+                return (eval, loss, gradient, after);
+            }
+            finally
+            {
+                Unrolled.Cpu.Winograd.Off = false;
+            }
+        }
+
+        var winograd = Run(direct: false);
+        var direct = Run(direct: true);
+        Assert.True(Reference.MaxRelative(winograd.Eval, direct.Eval) <= 1e-4, $"eval logits {Reference.MaxRelative(winograd.Eval, direct.Eval):E2}");
+        Assert.True(Math.Abs(winograd.Loss - direct.Loss) <= 1e-4 * Math.Abs(direct.Loss), $"loss {winograd.Loss} vs {direct.Loss}");
+        Assert.True(TrainingTests.RelativeL2(winograd.Gradient, direct.Gradient) <= 1e-3, $"gradient {TrainingTests.RelativeL2(winograd.Gradient, direct.Gradient):E2}");
+        Assert.True(Reference.MaxRelative(winograd.After, direct.After) <= 1e-3, $"logits after a step {Reference.MaxRelative(winograd.After, direct.After):E2}");
+        Assert.NotEqual(winograd.Eval, winograd.After); // the step changed the weights, and the transformed ones followed
+    }
+}

@@ -27,40 +27,58 @@ internal static unsafe class Winograd
     /// </summary>
     public static readonly bool Enabled = Avx512F.IsSupported && Environment.GetEnvironmentVariable("UNROLLED_WINOGRAD") != "0";
 
+    /// <summary>Tests only: the direct convolution everywhere (to compare a network both ways in one process).</summary>
+    internal static volatile bool Off;
+
     /// <summary>Floats of the transformed weights of a [cout x cin x 3 x 3] convolution.</summary>
     public static long TransformedSize(int cout, int cin) => 16L * cout * cin;
 
-    /// <summary>U[xi][k][c] = (G g G^T)[xi] for every kernel g = W[k, c].</summary>
+    /// <summary>U[xi][k][c] = (G g G^T)[xi] for every kernel g = W[k, c], an output channel per item on every core.</summary>
     public static void TransformWeights(ReadOnlySpan<float> weights, Span<float> transformed, int cout, int cin)
     {
         if (weights.Length != cout * cin * 9 || transformed.Length != TransformedSize(cout, cin))
             throw new ArgumentException("internal: Winograd weight transform of mismatched sizes");
-        long plane = (long)cout * cin;
-        Span<double> gg = stackalloc double[12];
-        for (int k = 0; k < cout; k++)
-            for (int c = 0; c < cin; c++)
+        fixed (float* pw = weights, pu = transformed)
+        {
+            var job = new WeightJob { W = pw, U = pu, Cout = cout, Cin = cin };
+            WorkerPool.Shared.Run(&TransformKernels, &job, cout);
+        }
+    }
+
+    private struct WeightJob
+    {
+        public float* W, U;
+        public int Cout, Cin;
+    }
+
+    private static void TransformKernels(void* context, int k)
+    {
+        ref WeightJob j = ref Unsafe.AsRef<WeightJob>(context);
+        long plane = (long)j.Cout * j.Cin;
+        double* gg = stackalloc double[12];
+        for (int c = 0; c < j.Cin; c++)
+        {
+            float* g = j.W + ((long)k * j.Cin + c) * 9;
+            // G g: 4 rows of 3 (in double: the transform adds halves of three taps).
+            for (int col = 0; col < 3; col++)
             {
-                var g = weights.Slice((k * cin + c) * 9, 9);
-                // G g: 4 rows of 3 (in double: the transform adds halves of three taps).
-                for (int col = 0; col < 3; col++)
-                {
-                    double g0 = g[col], g1 = g[3 + col], g2 = g[6 + col];
-                    gg[col] = g0;
-                    gg[3 + col] = 0.5 * (g0 + g1 + g2);
-                    gg[6 + col] = 0.5 * (g0 - g1 + g2);
-                    gg[9 + col] = g2;
-                }
-                // (G g) G^T: the same combination along each row.
-                for (int row = 0; row < 4; row++)
-                {
-                    double r0 = gg[row * 3], r1 = gg[row * 3 + 1], r2 = gg[row * 3 + 2];
-                    long at = (long)k * cin + c;
-                    transformed[(int)((row * 4 + 0) * plane + at)] = (float)r0;
-                    transformed[(int)((row * 4 + 1) * plane + at)] = (float)(0.5 * (r0 + r1 + r2));
-                    transformed[(int)((row * 4 + 2) * plane + at)] = (float)(0.5 * (r0 - r1 + r2));
-                    transformed[(int)((row * 4 + 3) * plane + at)] = (float)r2;
-                }
+                double g0 = g[col], g1 = g[3 + col], g2 = g[6 + col];
+                gg[col] = g0;
+                gg[3 + col] = 0.5 * (g0 + g1 + g2);
+                gg[6 + col] = 0.5 * (g0 - g1 + g2);
+                gg[9 + col] = g2;
             }
+            // (G g) G^T: the same combination along each row.
+            float* u = j.U + (long)k * j.Cin + c;
+            for (int row = 0; row < 4; row++)
+            {
+                double r0 = gg[row * 3], r1 = gg[row * 3 + 1], r2 = gg[row * 3 + 2];
+                u[(row * 4 + 0) * plane] = (float)r0;
+                u[(row * 4 + 1) * plane] = (float)(0.5 * (r0 + r1 + r2));
+                u[(row * 4 + 2) * plane] = (float)(0.5 * (r0 - r1 + r2));
+                u[(row * 4 + 3) * plane] = (float)r2;
+            }
+        }
     }
 
     private struct Job
@@ -100,12 +118,12 @@ internal static unsafe class Winograd
     }
 
     /// <summary>
-    /// Worth it for this layer (measured with `--layers`): a chunk of tiles for every core (ResNet-50's 7x7 maps at
-    /// batch 1 have one chunk: the direct convolution, on every core, is faster there), and enough input channels
-    /// to repay the transforms.
+    /// Worth it for this layer (measured with `--layers` on two cores): at least two chunks of tiles (ResNet-50's 7x7
+    /// maps at batch 1 have one: the direct convolution, on every core, is faster there), and enough input channels
+    /// to repay the transforms. The choice does not depend on the number of cores, so neither do the results.
     /// </summary>
     public static bool Pays(int batch, int cin, int h, int w) =>
-        Enabled && cin >= 64 && (batch * ((h + 1) / 2) * ((w + 1) / 2) + Gemm.NR - 1) / Gemm.NR >= WorkerPool.Shared.Threads;
+        Enabled && !Off && cin >= 64 && (batch * ((h + 1) / 2) * ((w + 1) / 2) + Gemm.NR - 1) / Gemm.NR >= 2;
 
     private static void Chunk(void* context, int chunk)
     {

@@ -591,8 +591,8 @@ public sealed unsafe class NetworkState
 
     private ReadOnlySpan<float> Weights(ConvSpec c) => ValueArray.AsSpan((int)c.Weight, c.OutChannels * c.K);
 
-    // Eval-mode 3x3 stride-1 convolutions by Winograd: their transformed weights, made when first needed and again
-    // after the weights change (allocated once).
+    // 3x3 stride-1 convolutions by Winograd (eval mode, and a training step's forward): their transformed weights,
+    // made when first needed and again after the weights change (allocated once).
     private float[]?[]? _winograd;
     private long[]? _winogradVersion;
 
@@ -650,8 +650,12 @@ public sealed unsafe class NetworkState
         }
         else
         {
-            Cpu.Conv.Forward(x, z, ReadOnlySpan<float>.Empty, Weights(c), ReadOnlySpan<float>.Empty, ReadOnlySpan<float>.Empty,
-                batch, cin, h, w, cout, oh, ow, kernel, stride, pad, relu: false);
+            if (kernel == 3 && stride == 1 && pad == 1 && Cpu.Winograd.Pays(batch, cin, h, w))
+                Cpu.Winograd.Forward(x, z, ReadOnlySpan<float>.Empty, WinogradWeights(index, c), ReadOnlySpan<float>.Empty, ReadOnlySpan<float>.Empty,
+                    batch, cin, h, w, cout, relu: false);
+            else
+                Cpu.Conv.Forward(x, z, ReadOnlySpan<float>.Empty, Weights(c), ReadOnlySpan<float>.Empty, ReadOnlySpan<float>.Empty,
+                    batch, cin, h, w, cout, oh, ow, kernel, stride, pad, relu: false);
             Kernels.BatchNormForward(z, a, residual, ValueArray.AsSpan((int)c.BatchNorm, 4 * cout), _bnMean[index], _bnInvStd[index],
                 batch, cout, oh * ow, relu, batchStatistics, BnSums(cout), StatisticsReducer);
         }
