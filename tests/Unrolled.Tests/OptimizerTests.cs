@@ -380,7 +380,8 @@ public class TrainingAllocationTests
 
 /// <summary>
 /// The same network with the Winograd convolutions and with the direct ones: eval logits, a training step's loss and
-/// gradients, and the logits after an SGD step (the transformed weights made again) agree to float rounding. The
+/// gradients (through Winograd forwards and data gradients), and the logits after an SGD step (the transformed weights
+/// made again) agree to float rounding. The
 /// Winograd kernel itself is checked against the naive convolution in KernelTests; this checks the network's use of it.
 /// Runs alone: it switches Winograd off for the whole process for a while.
 /// </summary>
@@ -395,7 +396,7 @@ public class WinogradNetworkTests
         var x = Naive.RandomFloats(new Random(3), batch * Wide18.InputSize);
         var labels = Enumerable.Range(0, batch).Select(i => i % 3).ToArray();
 
-        (float[] Eval, float Loss, float[] Gradient, float[] After) Run(bool direct)
+        (float[] Eval, float Loss, float[] Gradient, float[] Stem, float[] After) Run(bool direct)
         {
             Unrolled.Cpu.Winograd.Off = direct;
             try
@@ -409,12 +410,14 @@ public class WinogradNetworkTests
                 var logits = new float[batch * 3];
                 sgd.ZeroGrad();
                 float loss = net.ForwardBackward(x, labels, logits);
+                // layer1.0.conv1's gradient comes through layer1's data gradients; the stem's through every layer's.
                 var gradient = net.GetGradient("layer1.0.conv1.weight");
+                var stem = net.GetGradient("conv1.weight");
                 sgd.Step();
                 var after = new float[batch * 3];
                 net.Eval();
                 net.Forward(x, after);
-                return (eval, loss, gradient, after);
+                return (eval, loss, gradient, stem, after);
             }
             finally
             {
@@ -427,6 +430,7 @@ public class WinogradNetworkTests
         Assert.True(Reference.MaxRelative(winograd.Eval, direct.Eval) <= 1e-4, $"eval logits {Reference.MaxRelative(winograd.Eval, direct.Eval):E2}");
         Assert.True(Math.Abs(winograd.Loss - direct.Loss) <= 1e-4 * Math.Abs(direct.Loss), $"loss {winograd.Loss} vs {direct.Loss}");
         Assert.True(TrainingTests.RelativeL2(winograd.Gradient, direct.Gradient) <= 1e-3, $"gradient {TrainingTests.RelativeL2(winograd.Gradient, direct.Gradient):E2}");
+        Assert.True(TrainingTests.RelativeL2(winograd.Stem, direct.Stem) <= 1e-3, $"stem gradient {TrainingTests.RelativeL2(winograd.Stem, direct.Stem):E2}");
         Assert.True(Reference.MaxRelative(winograd.After, direct.After) <= 1e-3, $"logits after a step {Reference.MaxRelative(winograd.After, direct.After):E2}");
         Assert.NotEqual(winograd.Eval, winograd.After); // the step changed the weights, and the transformed ones followed
     }

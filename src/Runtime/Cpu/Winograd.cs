@@ -45,10 +45,27 @@ internal static unsafe class Winograd
         }
     }
 
+    /// <summary>
+    /// The transform of the weights of the data gradient's convolution: W'[c][k] = W[k][c] rotated by 180 degrees, so
+    /// that dL/dx = conv3x3(dL/dz, W') for a 3x3 stride-1 pad-1 convolution. <paramref name="transformed"/> is then
+    /// [16][cin][cout].
+    /// </summary>
+    public static void TransformTransposedWeights(ReadOnlySpan<float> weights, Span<float> transformed, int cout, int cin)
+    {
+        if (weights.Length != cout * cin * 9 || transformed.Length != TransformedSize(cout, cin))
+            throw new ArgumentException("internal: Winograd weight transform of mismatched sizes");
+        fixed (float* pw = weights, pu = transformed)
+        {
+            var job = new WeightJob { W = pw, U = pu, Cout = cin, Cin = cout, Transposed = true };
+            WorkerPool.Shared.Run(&TransformKernels, &job, cin);
+        }
+    }
+
     private struct WeightJob
     {
         public float* W, U;
-        public int Cout, Cin;
+        public int Cout, Cin; // of the convolution the transformed weights compute
+        public bool Transposed;
     }
 
     private static void TransformKernels(void* context, int k)
@@ -56,9 +73,18 @@ internal static unsafe class Winograd
         ref WeightJob j = ref Unsafe.AsRef<WeightJob>(context);
         long plane = (long)j.Cout * j.Cin;
         double* gg = stackalloc double[12];
+        float* flipped = stackalloc float[9];
         for (int c = 0; c < j.Cin; c++)
         {
-            float* g = j.W + ((long)k * j.Cin + c) * 9;
+            float* g;
+            if (j.Transposed)
+            {
+                // Kernel (k, c) of the data gradient's convolution is the forward's kernel (c, k), rotated.
+                float* forward = j.W + ((long)c * j.Cout + k) * 9;
+                for (int i = 0; i < 9; i++) flipped[i] = forward[8 - i];
+                g = flipped;
+            }
+            else g = j.W + ((long)k * j.Cin + c) * 9;
             // G g: 4 rows of 3 (in double: the transform adds halves of three taps).
             for (int col = 0; col < 3; col++)
             {

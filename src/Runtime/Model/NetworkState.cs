@@ -591,21 +591,25 @@ public sealed unsafe class NetworkState
 
     private ReadOnlySpan<float> Weights(ConvSpec c) => ValueArray.AsSpan((int)c.Weight, c.OutChannels * c.K);
 
-    // 3x3 stride-1 convolutions by Winograd (eval mode, and a training step's forward): their transformed weights,
-    // made when first needed and again after the weights change (allocated once).
-    private float[]?[]? _winograd;
-    private long[]? _winogradVersion;
+    // 3x3 stride-1 convolutions by Winograd (eval mode, and a training step's forward and data gradient): their
+    // transformed weights, for the forward and (transposed) for the data gradient, made when first needed and again
+    // after the weights change (allocated once).
+    private float[]?[]? _winograd, _winogradTransposed;
+    private long[]? _winogradVersion, _winogradTransposedVersion;
 
-    private ReadOnlySpan<float> WinogradWeights(int index, ConvSpec c)
+    private ReadOnlySpan<float> WinogradWeights(int index, ConvSpec c, bool transposed = false)
     {
-        _winograd ??= new float[]?[_spec.Convs.Length];
-        _winogradVersion ??= new long[_spec.Convs.Length];
-        var u = _winograd[index];
-        if (u is null || _winogradVersion[index] != _weightsVersion)
+        ref float[]?[]? cache = ref transposed ? ref _winogradTransposed : ref _winograd;
+        ref long[]? versions = ref transposed ? ref _winogradTransposedVersion : ref _winogradVersion;
+        cache ??= new float[]?[_spec.Convs.Length];
+        versions ??= new long[_spec.Convs.Length];
+        var u = cache[index];
+        if (u is null || versions[index] != _weightsVersion)
         {
-            u ??= _winograd[index] = new float[Cpu.Winograd.TransformedSize(c.OutChannels, c.InChannels)];
-            Cpu.Winograd.TransformWeights(Weights(c), u, c.OutChannels, c.InChannels);
-            _winogradVersion[index] = _weightsVersion;
+            u ??= cache[index] = new float[Cpu.Winograd.TransformedSize(c.OutChannels, c.InChannels)];
+            if (transposed) Cpu.Winograd.TransformTransposedWeights(Weights(c), u, c.OutChannels, c.InChannels);
+            else Cpu.Winograd.TransformWeights(Weights(c), u, c.OutChannels, c.InChannels);
+            versions[index] = _weightsVersion;
         }
         return u;
     }
@@ -699,10 +703,13 @@ public sealed unsafe class NetworkState
         {
             Cpu.Backward.BatchNorm(pz, pa, pg, gResidual.IsEmpty ? null : pgr, pvalues + c.BatchNorm, pmean, pinv,
                 pgrads + c.BatchNorm, pgrads + c.BatchNorm + cout, batch, cout, hw, relu, _batchStatistics, psums, StatisticsReducer);
+            // dL/dx of a 3x3 stride-1 convolution is the 3x3 stride-1 convolution of dL/dz with the kernels flipped and
+            // transposed: Winograd where it pays, added to gx (gx as its own residual).
+            bool winograd = !gx.IsEmpty && kernel == 3 && stride == 1 && pad == 1 && Cpu.Winograd.Pays(batch, cout, oh, ow);
             if (fold)
             {
                 Cpu.Backward.ConvFilterFolded(px, pg, pgrads + c.Weight, pcols, prows, batch, cin, h, w, cout, oh, ow, kernel, stride, pad);
-                if (!gx.IsEmpty)
+                if (!gx.IsEmpty && !winograd)
                     Cpu.Backward.ConvDataFolded(pg, pvalues + c.Weight, pgx, pcols, prows, batch, cin, h, w, cout, oh, ow, kernel, stride, pad, gzGathered: true);
             }
             else
@@ -712,10 +719,13 @@ public sealed unsafe class NetworkState
                 {
                     Cpu.Backward.ConvFilter(px + n * inPerImage, pg + n * outPerImage, pgrads + c.Weight, pcols,
                         cin, h, w, cout, oh, ow, kernel, stride, pad);
-                    if (!gx.IsEmpty)
+                    if (!gx.IsEmpty && !winograd)
                         Cpu.Backward.ConvData(pg + n * outPerImage, pvalues + c.Weight, pgx + n * inPerImage, pcols, cin, h, w, cout, oh, ow, kernel, stride, pad);
                 }
             }
+            if (winograd)
+                Cpu.Winograd.Forward(g, gx, gx, WinogradWeights(index, c, transposed: true), ReadOnlySpan<float>.Empty, ReadOnlySpan<float>.Empty,
+                    batch, cout, oh, ow, cin, relu: false);
         }
         GradientsReady?.Invoke(index);
     }
