@@ -16,6 +16,20 @@ public class KernelTests
             Assert.True(Math.Abs(expected[i] - actual[i]) <= tolerance * scale, $"{what}: element {i}: expected {expected[i]}, got {actual[i]}");
     }
 
+    /// <summary>The reference convolution's output [n, cout, hw] with the fused epilogue: y * scale + bias + residual, then ReLU.</summary>
+    private static double[] WithEpilogue(double[] conv, int hw, int cout, float[]? scale, float[]? bias, float[]? residual, bool relu)
+    {
+        var want = (double[])conv.Clone();
+        for (int i = 0; i < want.Length; i++)
+        {
+            if (scale is not null) want[i] *= scale[i / hw % cout];
+            if (bias is not null) want[i] += bias[i / hw % cout];
+            if (residual is not null) want[i] += residual[i];
+            if (relu) want[i] = Math.Max(0, want[i]);
+        }
+        return want;
+    }
+
     public static TheoryData<int, int, int, int, int, int, int, int> ConvShapes => new()
     {
         // batch, cin, h, w, cout, kernel, stride, pad
@@ -55,15 +69,7 @@ public class KernelTests
             y.AsSpan().Fill(float.NaN); // every element must be written
             Conv.Forward(x, y, useResidual ? residual : default, weight, useScale ? scale : default, useBias ? bias : default,
                 batch, cin, h, w, cout, oh, ow, k, stride, pad, relu);
-            var want = (double[])expected.Clone();
-            int hw = oh * ow;
-            for (int i = 0; i < want.Length; i++)
-            {
-                if (useScale) want[i] *= scale[i / hw % cout];
-                if (useBias) want[i] += bias[i / hw % cout];
-                if (useResidual) want[i] += residual[i];
-                if (relu) want[i] = Math.Max(0, want[i]);
-            }
+            var want = WithEpilogue(expected, oh * ow, cout, useScale ? scale : null, useBias ? bias : null, useResidual ? residual : null, relu);
             AssertClose(want, y, 1e-5, $"conv scale={useScale} bias={useBias} residual={useResidual} relu={relu}");
 
             // The same from packed weights (the training forward): the same arithmetic, so the same bits.
@@ -101,15 +107,7 @@ public class KernelTests
             y.AsSpan().Fill(float.NaN); // every element must be written
             Winograd.Forward(x, y, useResidual ? residual : default, u, useScale ? scale : default, useBias ? bias : default,
                 batch, cin, h, w, cout, relu);
-            var want = (double[])expected.Clone();
-            int hw = oh * ow;
-            for (int i = 0; i < want.Length; i++)
-            {
-                if (useScale) want[i] *= scale[i / hw % cout];
-                if (useBias) want[i] += bias[i / hw % cout];
-                if (useResidual) want[i] += residual[i];
-                if (relu) want[i] = Math.Max(0, want[i]);
-            }
+            var want = WithEpilogue(expected, oh * ow, cout, useScale ? scale : null, useBias ? bias : null, useResidual ? residual : null, relu);
             AssertClose(want, y, 1e-5, $"winograd scale={useScale} bias={useBias} residual={useResidual} relu={relu}");
         }
     }
