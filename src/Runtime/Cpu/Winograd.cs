@@ -144,10 +144,14 @@ internal static unsafe class Winograd
     }
 
     /// <summary>
-    /// Worth it for this layer (measured with `--layers` on two cores): at least two chunks of tiles (ResNet-50's 7x7
-    /// maps at batch 1 have one: the direct convolution, on every core, is faster there), and enough input channels
-    /// to repay the transforms. The choice does not depend on the number of cores, so neither do the results.
+    /// Worth it for this layer: a 3x3 stride-1 pad-1 convolution with at least two chunks of tiles (ResNet-50's 7x7
+    /// maps at batch 1 have one: the direct convolution, on every core, is faster there) and enough input channels to
+    /// repay the transforms (measured with `--layers` on two cores). The choice does not depend on the number of cores, so neither do the results.
     /// </summary>
+    public static bool Pays(int kernel, int stride, int pad, int batch, int cin, int h, int w) =>
+        kernel == 3 && stride == 1 && pad == 1 && Pays(batch, cin, h, w);
+
+    /// <summary>As above for a 3x3 stride-1 pad-1 convolution.</summary>
     public static bool Pays(int batch, int cin, int h, int w) =>
         Enabled && !Off && cin >= 64 && (batch * ((h + 1) / 2) * ((w + 1) / 2) + Gemm.NR - 1) / Gemm.NR >= 2;
 

@@ -294,9 +294,7 @@ internal sealed unsafe class CudaBackend
     {
         if (tensor.IsEmpty) return null;
         float* host = (float*)Unsafe.AsPointer(ref MemoryMarshal.GetReference(tensor));
-        float* device = _arena.DeviceOf(host, tensor.Length);
-        if (device == null) device = _train.DeviceOf(host, tensor.Length);
-        if (device == null) device = _gradientArena.DeviceOf(host, tensor.Length);
+        float* device = ArenaDevice(host, tensor.Length);
         if (device != null) return device;
         // The input: its upload is reused while the same span comes back within one forward (or training step).
         if (host == _uploadedFrom && tensor.Length == _uploadedLength) return _input;
@@ -322,13 +320,19 @@ internal sealed unsafe class CudaBackend
         return _input;
     }
 
+    /// <summary>Where a slice of one of the host arenas lies on the device, or null when it is in none of them.</summary>
+    private float* ArenaDevice(float* host, int length)
+    {
+        float* device = _arena.DeviceOf(host, length);
+        if (device == null) device = _train.DeviceOf(host, length);
+        if (device == null) device = _gradientArena.DeviceOf(host, length);
+        return device;
+    }
+
     /// <summary>The device address of an arena slice; <paramref name="what"/> (of conv <paramref name="conv"/>, if any) names it in the error.</summary>
     private float* MapArena(ReadOnlySpan<float> tensor, string what, int conv = -1)
     {
-        float* host = (float*)Unsafe.AsPointer(ref MemoryMarshal.GetReference(tensor));
-        float* device = _arena.DeviceOf(host, tensor.Length);
-        if (device == null) device = _train.DeviceOf(host, tensor.Length);
-        if (device == null) device = _gradientArena.DeviceOf(host, tensor.Length);
+        float* device = ArenaDevice((float*)Unsafe.AsPointer(ref MemoryMarshal.GetReference(tensor)), tensor.Length);
         if (device == null)
             throw new InvalidOperationException($"{_spec.Name}: {Describe(what, conv)} is not a slice of the network's arenas; the CUDA backend cannot place it (regenerate the network).");
         return device;
@@ -536,7 +540,7 @@ internal sealed unsafe class CudaBackend
         }
     }
 
-    private float* _channelOnes, _zeros, _normalized, _product;
+    private float* _zeros, _normalized, _product;
     private long _normalizedFloats, _productFloats;
     private nint _multiply;
 
@@ -549,22 +553,16 @@ internal sealed unsafe class CudaBackend
     private void RunningBatchNormBackward(int index, float* z, float* gy, float* gz, nint yDesc, nint bnDesc, int cout, long outFloats)
     {
         var c = _spec.Convs[index];
-        if (_channelOnes == null)
+        if (_zeros == null)
         {
             int widest = 0;
             foreach (var conv in _spec.Convs) widest = Math.Max(widest, conv.OutChannels);
-            _channelOnes = (float*)Allocate(widest, "channel ones");
             _zeros = (float*)Allocate(widest, "zeros");
-            var ones = new float[widest];
-            Array.Fill(ones, 1f);
-            fixed (float* host = ones)
-                Check(cudaMemcpyAsync(_channelOnes, host, (nuint)widest * sizeof(float), MemcpyHostToDevice, _stream), "cudaMemcpyAsync (channel ones)");
             Check(cudaMemsetAsync(_zeros, 0, (nuint)widest * sizeof(float), _stream), "cudaMemsetAsync (zeros)");
             nint multiply;
             CheckDnn(cudnnCreateOpTensorDescriptor(&multiply), "cudnnCreateOpTensorDescriptor");
             CheckDnn(cudnnSetOpTensorDescriptor(multiply, OpTensorMul, DataFloat, PropagateNan), "cudnnSetOpTensorDescriptor (MUL)");
             _multiply = multiply;
-            Synchronize("channel ones");
         }
         Grow(ref _normalized, ref _normalizedFloats, outFloats, "normalized BatchNorm input");
         Grow(ref _product, ref _productFloats, outFloats, "BatchNorm gradient product");
@@ -578,7 +576,7 @@ internal sealed unsafe class CudaBackend
         CheckDnn(cudnnConvolutionBackwardBias(_dnn, &one, yDesc, gy, &one, bnDesc, dbn + cout), $"cudnnConvolutionBackwardBias (conv {index}'s BatchNorm bias gradient)");
         // xhat = 1 * (z - mean) / sqrt(var + eps) + 0, then gy * xhat summed per channel.
         CheckDnn(cudnnBatchNormalizationForwardInference(_dnn, BatchNormSpatial, &one, &zero, yDesc, z, yDesc, _normalized, bnDesc,
-            _channelOnes, _zeros, mean, variance, eps), $"cudnnBatchNormalizationForwardInference (conv {index}'s normalized input)");
+            Ones(cout), _zeros, mean, variance, eps), $"cudnnBatchNormalizationForwardInference (conv {index}'s normalized input)");
         CheckDnn(cudnnOpTensor(_dnn, _multiply, &one, yDesc, gy, &one, yDesc, _normalized, &zero, yDesc, _product),
             $"cudnnOpTensor (conv {index}'s BatchNorm weight gradient)");
         CheckDnn(cudnnConvolutionBackwardBias(_dnn, &one, yDesc, _product, &one, bnDesc, dbn), $"cudnnConvolutionBackwardBias (conv {index}'s BatchNorm weight gradient)");
@@ -636,6 +634,21 @@ internal sealed unsafe class CudaBackend
         Synchronize("logits");
     }
 
+    /// <summary>A device vector of at least <paramref name="count"/> ones (the fc bias gradient's sum, BatchNorm's unit scales).</summary>
+    private float* Ones(long count)
+    {
+        if (_onesFloats < count)
+        {
+            Grow(ref _ones, ref _onesFloats, count, "ones");
+            var ones = new float[count];
+            Array.Fill(ones, 1f);
+            fixed (float* host = ones)
+                Check(cudaMemcpyAsync(_ones, host, (nuint)count * sizeof(float), MemcpyHostToDevice, _stream), "cudaMemcpyAsync (ones)");
+            Synchronize("ones"); // the host array goes out of scope
+        }
+        return _ones;
+    }
+
     /// <summary>
     /// The fc layer's backward from g = dL/dlogits (already on the device): dW += g^T x, db += sum over the batch of g,
     /// gx += g W; dW and db copied into <paramref name="hostGradients"/> unless it is empty.
@@ -645,19 +658,10 @@ internal sealed unsafe class CudaBackend
         int classes = _spec.NumClasses, inputs = _spec.FcIn;
         float* px = Map(x), pg = MapArena(g, "dL/dlogits"), pgx = MapArena(gx, "the fc input's gradient");
         float* dw = _gradients + _spec.FcWeight, db = _gradients + _spec.FcBias;
-        if (_onesFloats < batch)
-        {
-            Grow(ref _ones, ref _onesFloats, batch, "ones");
-            var ones = new float[batch];
-            Array.Fill(ones, 1f);
-            fixed (float* host = ones)
-                Check(cudaMemcpyAsync(_ones, host, (nuint)batch * sizeof(float), MemcpyHostToDevice, _stream), "cudaMemcpyAsync (ones)");
-            Synchronize("ones");
-        }
         float one = 1;
         // Column-major views: x^T is [inputs x batch], g^T is [classes x batch], W^T is [inputs x classes].
         CheckBlas(cublasSgemm(_blas, OpN, OpT, inputs, classes, batch, &one, px, inputs, pg, classes, &one, dw, inputs), "cublasSgemm (fc weight gradient)");
-        CheckBlas(cublasSgemv(_blas, OpN, classes, batch, &one, pg, classes, _ones, 1, &one, db, 1), "cublasSgemv (fc bias gradient)");
+        CheckBlas(cublasSgemv(_blas, OpN, classes, batch, &one, pg, classes, Ones(batch), 1, &one, db, 1), "cublasSgemv (fc bias gradient)");
         CheckBlas(cublasSgemm(_blas, OpN, OpN, inputs, batch, classes, &one, _values + _spec.FcWeight, inputs, pg, classes, &one, pgx, inputs),
             "cublasSgemm (fc input gradient)");
         if (!hostGradients.IsEmpty)

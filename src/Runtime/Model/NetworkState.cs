@@ -626,7 +626,7 @@ public sealed unsafe class NetworkState
         }
         if (!IsTraining)
         {
-            if (kernel == 3 && stride == 1 && pad == 1 && Cpu.Winograd.Pays(batch, cin, h, w))
+            if (Cpu.Winograd.Pays(kernel, stride, pad, batch, cin, h, w))
                 Cpu.Winograd.Forward(x, y, residual, WinogradWeights(index, c), _scale[index], _bias[index], batch, cin, h, w, cout, relu);
             else
                 Cpu.Conv.Forward(x, y, residual, Weights(c), _scale[index], _bias[index], batch, cin, h, w, cout, oh, ow, kernel, stride, pad, relu);
@@ -654,7 +654,7 @@ public sealed unsafe class NetworkState
         }
         else
         {
-            if (kernel == 3 && stride == 1 && pad == 1 && Cpu.Winograd.Pays(batch, cin, h, w))
+            if (Cpu.Winograd.Pays(kernel, stride, pad, batch, cin, h, w))
                 Cpu.Winograd.Forward(x, z, ReadOnlySpan<float>.Empty, WinogradWeights(index, c), ReadOnlySpan<float>.Empty, ReadOnlySpan<float>.Empty,
                     batch, cin, h, w, cout, relu: false);
             else
@@ -705,7 +705,7 @@ public sealed unsafe class NetworkState
                 pgrads + c.BatchNorm, pgrads + c.BatchNorm + cout, batch, cout, hw, relu, _batchStatistics, psums, StatisticsReducer);
             // dL/dx of a 3x3 stride-1 convolution is the 3x3 stride-1 convolution of dL/dz with the kernels flipped and
             // transposed: Winograd where it pays, added to gx (gx as its own residual).
-            bool winograd = !gx.IsEmpty && kernel == 3 && stride == 1 && pad == 1 && Cpu.Winograd.Pays(batch, cout, oh, ow);
+            bool winograd = !gx.IsEmpty && Cpu.Winograd.Pays(kernel, stride, pad, batch, cout, oh, ow);
             if (fold)
             {
                 Cpu.Backward.ConvFilterFolded(px, pg, pgrads + c.Weight, pcols, prows, batch, cin, h, w, cout, oh, ow, kernel, stride, pad);
