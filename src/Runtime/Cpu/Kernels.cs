@@ -2,6 +2,8 @@ using System;
 using System.Numerics;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace Unrolled.Cpu;
 
@@ -242,9 +244,52 @@ internal static unsafe class Kernels
         ref PoolJob j = ref Unsafe.AsRef<PoolJob>(context);
         float* x = j.X + (long)plane * j.H * j.W;
         float* y = j.Y + (long)plane * j.OH * j.OW;
+        bool vectorized = Avx512F.IsSupported && j.Kernel == 3 && j.Stride == 2 && j.Pad == 1;
         for (int oy = 0; oy < j.OH; oy++)
-            for (int ox = 0; ox < j.OW; ox++)
+        {
+            int ox = 0;
+            if (vectorized) ox = MaxPoolRow3x3s2(x, y + oy * j.OW, j.H, j.W, j.OW, oy);
+            for (; ox < j.OW; ox++)
                 y[oy * j.OW + ox] = x[WindowArgMax(x, j.H, j.W, oy, ox, j.Kernel, j.Stride, j.Pad)];
+        }
+    }
+
+    private static readonly Vector512<int> s_evenLanes = Vector512.Create(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    private static readonly Vector512<int> s_oddLanes = Vector512.Create(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+
+    /// <summary>
+    /// The 3x3 stride-2 pad-1 max pool (ResNet's stem) of output row <paramref name="oy"/>, 16 outputs at a time from
+    /// output 1 on (output 0's window starts in the padding), while every window lies inside the row; returns the
+    /// first output it left to <see cref="WindowArgMax"/> (output 0 it takes from there itself). Each maximum takes the earlier operand on ties
+    /// (Max(later, earlier)), so the result is the window's first maximum in scan order, as the scalar path; from
+    /// the first 16 outputs whose windows hold a NaN on, the row is left to the scalar path (it returns the first NaN, as
+    /// PyTorch).
+    /// </summary>
+    private static int MaxPoolRow3x3s2(float* plane, float* y, int h, int w, int ow, int oy)
+    {
+        int y0 = Math.Max(2 * oy - 1, 0), y1 = Math.Min(2 * oy + 2, h);
+        y[0] = plane[WindowArgMax(plane, h, w, oy, 0, 3, 2, 1)];
+        int ox = 1;
+        // Output ox reads columns 2 ox - 1 .. 2 ox + 1; 16 of them read up to column 2 (ox + 15) + 1 through loads of 32.
+        for (; ox + 15 < ow && 2 * ox - 1 + 34 <= w; ox += 16)
+        {
+            Vector512<float> best = default, poison = default;
+            for (int iy = y0; iy < y1; iy++)
+            {
+                float* from = plane + (long)iy * w + 2 * ox - 1;
+                var lo = Vector512.Load(from);
+                var hi = Vector512.Load(from + 16);
+                var left = Avx512F.PermuteVar16x32x2(lo, s_evenLanes, hi);   // column 2 ox - 1
+                var middle = Avx512F.PermuteVar16x32x2(lo, s_oddLanes, hi);  // column 2 ox
+                var right = Avx512F.PermuteVar16x32x2(Vector512.Load(from + 2), s_evenLanes, Vector512.Load(from + 18)); // 2 ox + 1
+                var row = Avx512F.Max(right, Avx512F.Max(middle, left));
+                poison += left + middle + right; // NaN if any input is (vmaxps drops a NaN in its first operand)
+                best = iy == y0 ? row : Avx512F.Max(row, best);
+            }
+            if (!Vector512.EqualsAll(poison, poison)) break; // a NaN (or infinities of both signs): the scalar path decides
+            best.Store(y + ox);
+        }
+        return ox;
     }
 
     /// <summary>

@@ -74,7 +74,10 @@ internal static unsafe class Winograd
         long plane = (long)j.Cout * j.Cin;
         double* gg = stackalloc double[12];
         float* flipped = stackalloc float[9];
-        for (int c = 0; c < j.Cin; c++)
+        int c = 0;
+        if (Avx512F.IsSupported)
+            for (; c + Lanes <= j.Cin; c += Lanes) TransformKernels16(ref j, k, c);
+        for (; c < j.Cin; c++)
         {
             float* g;
             if (j.Transposed)
@@ -104,6 +107,59 @@ internal static unsafe class Winograd
                 u[(row * 4 + 2) * plane] = (float)(0.5 * (r0 - r1 + r2));
                 u[(row * 4 + 3) * plane] = (float)r2;
             }
+        }
+    }
+
+    /// <summary>
+    /// As the scalar loop of <see cref="TransformKernels"/> for kernels (k, c0) .. (k, c0 + 15) at once: their taps
+    /// gathered one per lane, G g G^T in float (one rounding of the half of three taps), U stored 16 input channels
+    /// at a time.
+    /// </summary>
+    private static void TransformKernels16(ref WeightJob j, int k, int c0)
+    {
+        // Tap t of lane i: W[k, c0 + i, t], or for the data gradient W[c0 + i, k, 8 - t] (the kernel rotated).
+        float* first;
+        int laneStride, tapStep;
+        if (j.Transposed)
+        {
+            first = j.W + ((long)c0 * j.Cout + k) * 9 + 8;
+            laneStride = j.Cout * 9;
+            tapStep = -1;
+        }
+        else
+        {
+            first = j.W + ((long)k * j.Cin + c0) * 9;
+            laneStride = 9;
+            tapStep = 1;
+        }
+        var index = Vector256.Create(laneStride) * Vector256.Create(0, 1, 2, 3, 4, 5, 6, 7);
+        long upper = 8L * laneStride; // lanes 8..15
+        var half = Vector512.Create(0.5f);
+        var g = stackalloc Vector512<float>[9];
+        for (int t = 0; t < 9; t++)
+        {
+            float* tap = first + t * tapStep;
+            g[t] = Vector512.Create(Avx2.GatherVector256(tap, index, 4), Avx2.GatherVector256(tap + upper, index, 4));
+        }
+        // G g: rows g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2 of each column.
+        var gg = stackalloc Vector512<float>[12];
+        for (int col = 0; col < 3; col++)
+        {
+            Vector512<float> g0 = g[col], g1 = g[3 + col], g2 = g[6 + col];
+            gg[col] = g0;
+            gg[3 + col] = (g0 + g1 + g2) * half;
+            gg[6 + col] = (g0 - g1 + g2) * half;
+            gg[9 + col] = g2;
+        }
+        long plane = (long)j.Cout * j.Cin;
+        float* u = j.U + (long)k * j.Cin + c0;
+        for (int row = 0; row < 4; row++)
+        {
+            Vector512<float> r0 = gg[row * 3], r1 = gg[row * 3 + 1], r2 = gg[row * 3 + 2];
+            r0.Store(u + (row * 4 + 0) * plane);
+            ((r0 + r1 + r2) * half).Store(u + (row * 4 + 1) * plane);
+            ((r0 - r1 + r2) * half).Store(u + (row * 4 + 2) * plane);
+            r2.Store(u + (row * 4 + 3) * plane);
         }
     }
 

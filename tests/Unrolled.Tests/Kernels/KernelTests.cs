@@ -122,6 +122,9 @@ public class KernelTests
     [InlineData(5, 7, 9, 3, 2, 1)]
     [InlineData(2, 1, 1, 3, 2, 1)]
     [InlineData(4, 6, 5, 2, 2, 0)]
+    [InlineData(2, 35, 69, 3, 2, 1)] // the AVX-512 path's rows end at odd and even widths, with scalar outputs after them
+    [InlineData(2, 9, 66, 3, 2, 1)]
+    [InlineData(1, 4, 34, 3, 2, 1)]
     public void MaxPoolMatchesReference(int planes, int h, int w, int k, int stride, int pad)
     {
         var x = Naive.RandomFloats(new Random(h * w), planes * h * w);
@@ -129,6 +132,24 @@ public class KernelTests
         var y = new float[expected.Length];
         Unrolled.Cpu.Kernels.MaxPool(x, y, planes, h, w, oh, ow, k, stride, pad);
         AssertClose(expected, y, 0, "maxpool");
+    }
+
+    [Fact]
+    public void MaxPoolPropagatesNaNAsPyTorchDoes()
+    {
+        const int planes = 2, h = 20, w = 112;
+        var x = Naive.RandomFloats(new Random(7), planes * h * w);
+        foreach (int at in new[] { 0, 5 * w + 40, 11 * w + 77, h * w + 3 * w + 111, h * w + 19 * w + 64 }) x[at] = float.NaN;
+        var expected = Naive.MaxPool(Naive.ToDouble(x), planes, h, w, 3, 2, 1, out int oh, out int ow);
+        var y = new float[expected.Length];
+        Unrolled.Cpu.Kernels.MaxPool(x, y, planes, h, w, oh, ow, 3, 2, 1);
+        int nans = 0;
+        for (int i = 0; i < y.Length; i++)
+        {
+            if (double.IsNaN(expected[i])) nans++;
+            Assert.True(double.IsNaN(expected[i]) ? float.IsNaN(y[i]) : y[i] == expected[i], $"maxpool with NaNs: element {i}: expected {expected[i]}, got {y[i]}");
+        }
+        Assert.True(nans >= 5, $"the NaNs reached {nans} outputs");
     }
 
     [Theory]
