@@ -394,16 +394,18 @@ public class WinogradNetworkTests
         const int batch = 4;
         if (!System.Runtime.Intrinsics.X86.Avx512F.IsSupported)
         {
-            Assert.False(Unrolled.Cpu.Winograd.Pays(batch, 64, 16, 16)); // AVX-512 code: without it every convolution is direct
+            Assert.False(Unrolled.Cpu.Winograd.Pays(batch, 64, 16, 16, 64)); // AVX-512 code: without it every convolution is direct
             return;
         }
-        Assert.True(Unrolled.Cpu.Winograd.Pays(batch, 64, 16, 16), "layer1's 3x3 convolutions must take the Winograd path here");
+        Assert.True(Unrolled.Cpu.Winograd.Pays(batch, 64, 16, 16, 64), "layer1's 3x3 convolutions must take the Winograd path here");
         var x = Naive.RandomFloats(new Random(3), batch * Wide18.InputSize);
         var labels = Enumerable.Range(0, batch).Select(i => i % 3).ToArray();
 
-        (float[] Eval, float Loss, float[] Gradient, float[] Stem, float[] After) Run(bool direct)
+        Assert.Equal(Unrolled.Cpu.Winograd.Tiles.F4, Unrolled.Cpu.Winograd.Choose(3, 1, 1, batch, 64, 16, 16, 64));
+        (float[] Eval, float Loss, float[] Gradient, float[] Stem, float[] After) Run(bool direct, bool smallTiles = false)
         {
             Unrolled.Cpu.Winograd.Off = direct;
+            Unrolled.Cpu.Winograd.SmallTilesOnly = smallTiles;
             try
             {
                 var net = new Wide18();
@@ -427,11 +429,18 @@ public class WinogradNetworkTests
             finally
             {
                 Unrolled.Cpu.Winograd.Off = false;
+                Unrolled.Cpu.Winograd.SmallTilesOnly = false;
             }
         }
 
-        var winograd = Run(direct: false);
         var direct = Run(direct: true);
+        Compare(Run(direct: false), direct);                  // F(4x4, 3x3) in layer1 (16x16 maps, batch 4: 64 tiles)
+        Compare(Run(direct: false, smallTiles: true), direct); // F(2x2, 3x3)
+    }
+
+    private static void Compare((float[] Eval, float Loss, float[] Gradient, float[] Stem, float[] After) winograd,
+        (float[] Eval, float Loss, float[] Gradient, float[] Stem, float[] After) direct)
+    {
         Assert.True(Reference.MaxRelative(winograd.Eval, direct.Eval) <= 1e-4, $"eval logits {Reference.MaxRelative(winograd.Eval, direct.Eval):E2}");
         Assert.True(Math.Abs(winograd.Loss - direct.Loss) <= 1e-4 * Math.Abs(direct.Loss), $"loss {winograd.Loss} vs {direct.Loss}");
         Assert.True(TrainingTests.RelativeL2(winograd.Gradient, direct.Gradient) <= 1e-3, $"gradient {TrainingTests.RelativeL2(winograd.Gradient, direct.Gradient):E2}");

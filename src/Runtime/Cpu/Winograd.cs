@@ -6,41 +6,76 @@ using System.Runtime.Intrinsics.X86;
 namespace Unrolled.Cpu;
 
 /// <summary>
-/// 3x3 stride-1 pad-1 convolution by Winograd's F(2x2, 3x3) (Lavin and Gray, 2015), for inference: every 2x2 block of
-/// outputs comes from a 4x4 block of inputs with 16 multiplications per (output channel, input channel) pair instead
-/// of 36. In matrix form, with the 4x4 input tile d and the 3x3 kernel g,
+/// 3x3 stride-1 pad-1 convolution by Winograd's minimal filtering (Lavin and Gray, 2015), in two sizes: F(2x2, 3x3)
+/// computes every 2x2 block of outputs from a 4x4 block of inputs with 16 multiplications per (output channel, input
+/// channel) pair instead of 36; F(4x4, 3x3) every 4x4 block from a 6x6 block with 36 instead of 144. In matrix form,
+/// with the input tile d and the 3x3 kernel g,
 /// <code>
 ///   V = B^T d B,   U = G g G^T,   Y = A^T (sum over input channels of U . V) A
-///   B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1],  G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1],  A^T = [1 1 1 0; 0 1 -1 -1]
+///   F(2x2, 3x3):  B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1],  G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1],
+///                 A^T = [1 1 1 0; 0 1 -1 -1]
+///   F(4x4, 3x3):  B^T = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0; 0 4 0 -5 0 1],
+///                 G = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1],
+///                 A^T = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1]
 /// </code>
-/// so that the sum over input channels is 16 independent GEMMs, one per position xi of the 4x4 tile:
+/// so that the sum over input channels is one GEMM per position xi of the tile (16 or 36):
 /// M[xi] [Cout x T] = U[xi] [Cout x Cin] . V[xi] [Cin x T], T being the number of tiles. The input transform writes
 /// V straight into the GEMM's packed column panels; the output transform applies the epilogue (eval-mode BatchNorm's
 /// scale and bias, the residual, ReLU) as it writes y. The transformed weights U are made once per weights version
-/// (<see cref="TransformWeights"/>; 16/9 of the weights' size).
+/// (<see cref="TransformWeights"/>; 16/9 or 36/9 of the weights' size). The larger tile does 44% fewer
+/// multiplications but needs 6x6 input tiles: it is chosen where the maps give enough tiles (<see cref="Choose"/>).
 /// </summary>
 internal static unsafe class Winograd
 {
     /// <summary>
     /// With AVX-512 (the transforms work 16 tiles at a time), unless UNROLLED_WINOGRAD=0 (then every convolution is the
-    /// direct one: for comparisons).
+    /// direct one: for comparisons); UNROLLED_WINOGRAD=2 keeps to F(2x2, 3x3).
     /// </summary>
     public static readonly bool Enabled = Avx512F.IsSupported && Environment.GetEnvironmentVariable("UNROLLED_WINOGRAD") != "0";
+
+    private static readonly bool s_largeTiles = Environment.GetEnvironmentVariable("UNROLLED_WINOGRAD") != "2";
 
     /// <summary>Tests only: the direct convolution everywhere (to compare a network both ways in one process).</summary>
     internal static volatile bool Off;
 
+    /// <summary>Tests only: F(2x2, 3x3) everywhere Winograd is used.</summary>
+    internal static volatile bool SmallTilesOnly;
+
+    /// <summary>The tile of a Winograd convolution: outputs per side (2 or 4); the input tile is 2 more.</summary>
+    public enum Tiles
+    {
+        None = 0,
+        F2 = 2,
+        F4 = 4,
+    }
+
+    /// <summary>Positions of a tile (16 or 36): the GEMMs per chunk and the planes of the transformed weights.</summary>
+    public static int Positions(Tiles tiles) => ((int)tiles + 2) * ((int)tiles + 2);
+
     /// <summary>Floats of the transformed weights of a [cout x cin x 3 x 3] convolution.</summary>
-    public static long TransformedSize(int cout, int cin) => 16L * cout * cin;
+    public static long TransformedSize(int cout, int cin, Tiles tiles = Tiles.F2) => (long)Positions(tiles) * cout * cin;
+
+    // G of each tile size, row by row (the weight transform U = G g G^T).
+    private static readonly double[] s_g2 = { 1, 0, 0, 0.5, 0.5, 0.5, 0.5, -0.5, 0.5, 0, 0, 1 };
+    private static readonly double[] s_g4 =
+    {
+        1.0 / 4, 0, 0,
+        -1.0 / 6, -1.0 / 6, -1.0 / 6,
+        -1.0 / 6, 1.0 / 6, -1.0 / 6,
+        1.0 / 24, 1.0 / 12, 1.0 / 6,
+        1.0 / 24, -1.0 / 12, 1.0 / 6,
+        0, 0, 1,
+    };
 
     /// <summary>U[xi][k][c] = (G g G^T)[xi] for every kernel g = W[k, c], an output channel per item on every core.</summary>
-    public static void TransformWeights(ReadOnlySpan<float> weights, Span<float> transformed, int cout, int cin)
+    public static void TransformWeights(ReadOnlySpan<float> weights, Span<float> transformed, int cout, int cin, Tiles tiles = Tiles.F2)
     {
-        if (weights.Length != cout * cin * 9 || transformed.Length != TransformedSize(cout, cin))
+        if (weights.Length != cout * cin * 9 || transformed.Length != TransformedSize(cout, cin, tiles))
             throw new ArgumentException("internal: Winograd weight transform of mismatched sizes");
         fixed (float* pw = weights, pu = transformed)
+        fixed (double* pg = tiles == Tiles.F4 ? s_g4 : s_g2)
         {
-            var job = new WeightJob { W = pw, U = pu, Cout = cout, Cin = cin };
+            var job = new WeightJob { W = pw, U = pu, G = pg, Rows = (int)tiles + 2, Cout = cout, Cin = cin };
             WorkerPool.Shared.Run(&TransformKernels, &job, cout);
         }
     }
@@ -48,15 +83,16 @@ internal static unsafe class Winograd
     /// <summary>
     /// The transform of the weights of the data gradient's convolution: W'[c][k] = W[k][c] rotated by 180 degrees, so
     /// that dL/dx = conv3x3(dL/dz, W') for a 3x3 stride-1 pad-1 convolution. <paramref name="transformed"/> is then
-    /// [16][cin][cout].
+    /// [positions][cin][cout].
     /// </summary>
-    public static void TransformTransposedWeights(ReadOnlySpan<float> weights, Span<float> transformed, int cout, int cin)
+    public static void TransformTransposedWeights(ReadOnlySpan<float> weights, Span<float> transformed, int cout, int cin, Tiles tiles = Tiles.F2)
     {
-        if (weights.Length != cout * cin * 9 || transformed.Length != TransformedSize(cout, cin))
+        if (weights.Length != cout * cin * 9 || transformed.Length != TransformedSize(cout, cin, tiles))
             throw new ArgumentException("internal: Winograd weight transform of mismatched sizes");
         fixed (float* pw = weights, pu = transformed)
+        fixed (double* pg = tiles == Tiles.F4 ? s_g4 : s_g2)
         {
-            var job = new WeightJob { W = pw, U = pu, Cout = cin, Cin = cout, Transposed = true };
+            var job = new WeightJob { W = pw, U = pu, G = pg, Rows = (int)tiles + 2, Cout = cin, Cin = cout, Transposed = true };
             WorkerPool.Shared.Run(&TransformKernels, &job, cin);
         }
     }
@@ -64,19 +100,21 @@ internal static unsafe class Winograd
     private struct WeightJob
     {
         public float* W, U;
-        public int Cout, Cin; // of the convolution the transformed weights compute
+        public double* G; // Rows x 3
+        public int Rows, Cout, Cin; // of the convolution the transformed weights compute
         public bool Transposed;
     }
 
     private static void TransformKernels(void* context, int k)
     {
         ref WeightJob j = ref Unsafe.AsRef<WeightJob>(context);
-        long plane = (long)j.Cout * j.Cin;
-        double* gg = stackalloc double[12];
-        float* flipped = stackalloc float[9];
         int c = 0;
         if (Avx512F.IsSupported)
             for (; c + Lanes <= j.Cin; c += Lanes) TransformKernels16(ref j, k, c);
+        long plane = (long)j.Cout * j.Cin;
+        int rows = j.Rows;
+        double* gg = stackalloc double[6 * 3];
+        float* flipped = stackalloc float[9];
         for (; c < j.Cin; c++)
         {
             float* g;
@@ -88,32 +126,20 @@ internal static unsafe class Winograd
                 g = flipped;
             }
             else g = j.W + ((long)k * j.Cin + c) * 9;
-            // G g: 4 rows of 3 (in double: the transform adds halves of three taps).
-            for (int col = 0; col < 3; col++)
-            {
-                double g0 = g[col], g1 = g[3 + col], g2 = g[6 + col];
-                gg[col] = g0;
-                gg[3 + col] = 0.5 * (g0 + g1 + g2);
-                gg[6 + col] = 0.5 * (g0 - g1 + g2);
-                gg[9 + col] = g2;
-            }
-            // (G g) G^T: the same combination along each row.
+            // G g (rows x 3), in double, then (G g) G^T: the same combination along each row.
+            for (int r = 0; r < rows; r++)
+                for (int col = 0; col < 3; col++)
+                    gg[r * 3 + col] = j.G[r * 3] * g[col] + j.G[r * 3 + 1] * g[3 + col] + j.G[r * 3 + 2] * g[6 + col];
             float* u = j.U + (long)k * j.Cin + c;
-            for (int row = 0; row < 4; row++)
-            {
-                double r0 = gg[row * 3], r1 = gg[row * 3 + 1], r2 = gg[row * 3 + 2];
-                u[(row * 4 + 0) * plane] = (float)r0;
-                u[(row * 4 + 1) * plane] = (float)(0.5 * (r0 + r1 + r2));
-                u[(row * 4 + 2) * plane] = (float)(0.5 * (r0 - r1 + r2));
-                u[(row * 4 + 3) * plane] = (float)r2;
-            }
+            for (int r = 0; r < rows; r++)
+                for (int q = 0; q < rows; q++)
+                    u[(r * rows + q) * plane] = (float)(gg[r * 3] * j.G[q * 3] + gg[r * 3 + 1] * j.G[q * 3 + 1] + gg[r * 3 + 2] * j.G[q * 3 + 2]);
         }
     }
 
     /// <summary>
     /// As the scalar loop of <see cref="TransformKernels"/> for kernels (k, c0) .. (k, c0 + 15) at once: their taps
-    /// gathered one per lane, G g G^T in float (one rounding of the half of three taps), U stored 16 input channels
-    /// at a time.
+    /// gathered one per lane, G g G^T in float, U stored 16 input channels at a time (contiguous in U).
     /// </summary>
     private static void TransformKernels16(ref WeightJob j, int k, int c0)
     {
@@ -134,59 +160,55 @@ internal static unsafe class Winograd
         }
         var index = Vector256.Create(laneStride) * Vector256.Create(0, 1, 2, 3, 4, 5, 6, 7);
         long upper = 8L * laneStride; // lanes 8..15
-        var half = Vector512.Create(0.5f);
         var g = stackalloc Vector512<float>[9];
         for (int t = 0; t < 9; t++)
         {
             float* tap = first + t * tapStep;
             g[t] = Vector512.Create(Avx2.GatherVector256(tap, index, 4), Avx2.GatherVector256(tap + upper, index, 4));
         }
-        // G g: rows g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2 of each column.
-        var gg = stackalloc Vector512<float>[12];
-        for (int col = 0; col < 3; col++)
-        {
-            Vector512<float> g0 = g[col], g1 = g[3 + col], g2 = g[6 + col];
-            gg[col] = g0;
-            gg[3 + col] = (g0 + g1 + g2) * half;
-            gg[6 + col] = (g0 - g1 + g2) * half;
-            gg[9 + col] = g2;
-        }
+        int rows = j.Rows;
+        var coefficient = stackalloc Vector512<float>[6 * 3];
+        for (int i = 0; i < rows * 3; i++) coefficient[i] = Vector512.Create((float)j.G[i]);
+        // G g: rows x 3.
+        var gg = stackalloc Vector512<float>[6 * 3];
+        for (int r = 0; r < rows; r++)
+            for (int col = 0; col < 3; col++)
+                gg[r * 3 + col] = coefficient[r * 3] * g[col] + coefficient[r * 3 + 1] * g[3 + col] + coefficient[r * 3 + 2] * g[6 + col];
         long plane = (long)j.Cout * j.Cin;
         float* u = j.U + (long)k * j.Cin + c0;
-        for (int row = 0; row < 4; row++)
-        {
-            Vector512<float> r0 = gg[row * 3], r1 = gg[row * 3 + 1], r2 = gg[row * 3 + 2];
-            r0.Store(u + (row * 4 + 0) * plane);
-            ((r0 + r1 + r2) * half).Store(u + (row * 4 + 1) * plane);
-            ((r0 - r1 + r2) * half).Store(u + (row * 4 + 2) * plane);
-            r2.Store(u + (row * 4 + 3) * plane);
-        }
+        for (int r = 0; r < rows; r++)
+            for (int q = 0; q < rows; q++)
+                (gg[r * 3] * coefficient[q * 3] + gg[r * 3 + 1] * coefficient[q * 3 + 1] + gg[r * 3 + 2] * coefficient[q * 3 + 2])
+                    .Store(u + (r * rows + q) * plane);
     }
 
     private struct Job
     {
         public float* X, Y, Residual, U, Scale, Bias;
-        public int Batch, Cin, Cout, H, W, TilesY, TilesX, T;
-        public bool Relu;
+        public int Batch, Cin, Cout, H, W, TilesY, TilesX, T, Positions;
+        public bool Relu, Large;
     }
 
     /// <summary>Tiles transformed together: one per lane of a 512-bit vector.</summary>
     private const int Lanes = 16;
 
-    // Each thread's transformed inputs V [16][Cin][NR] (each V[xi] is already a packed B panel) and products
-    // M [16][Cout][NR] for one chunk of NR tiles: the whole chunk stays in the core's cache.
+    // Each thread's transformed inputs V [positions][Cin][NR] (each V[xi] is already a packed B panel) and products
+    // M [positions][Cout][NR] for one chunk of NR tiles: the chunk stays in the core's caches.
     [ThreadStatic] private static Gemm.Scratch t_v, t_m;
 
     /// <summary>
-    /// y = relu?(conv3x3(x, W) * scale + bias + residual) with stride 1 and padding 1, from the transformed weights
-    /// <paramref name="u"/>; shapes and epilogue as <see cref="Conv.Forward"/>. The tiles are taken
-    /// <see cref="Gemm.NR"/> at a time (one GEMM column panel), each chunk transformed, multiplied and transformed
-    /// back by one core.
+    /// y = relu?(conv3x3(x, W) * scale + bias + residual) with stride 1 and padding 1, from the weights
+    /// <paramref name="u"/> transformed for <paramref name="tiles"/>; shapes and epilogue as <see cref="Conv.Forward"/>.
+    /// The tiles are taken <see cref="Gemm.NR"/> at a time (one GEMM column panel), each chunk transformed, multiplied
+    /// and transformed back by one core.
     /// </summary>
     public static void Forward(ReadOnlySpan<float> x, Span<float> y, ReadOnlySpan<float> residual, ReadOnlySpan<float> u,
-        ReadOnlySpan<float> scale, ReadOnlySpan<float> bias, int batch, int cin, int h, int w, int cout, bool relu)
+        ReadOnlySpan<float> scale, ReadOnlySpan<float> bias, int batch, int cin, int h, int w, int cout, bool relu, Tiles tiles = Tiles.F2)
     {
-        int tilesY = (h + 1) / 2, tilesX = (w + 1) / 2;
+        if (tiles == Tiles.None || u.Length != TransformedSize(cout, cin, tiles))
+            throw new ArgumentException("internal: Winograd weights transformed for another tile or shape");
+        int size = (int)tiles;
+        int tilesY = (h + size - 1) / size, tilesX = (w + size - 1) / size;
         int t = batch * tilesY * tilesX;
         fixed (float* px = x, py = y, pr = residual, pu = u, ps = scale, pb = bias)
         {
@@ -194,43 +216,56 @@ internal static unsafe class Winograd
             {
                 X = px, Y = py, Residual = residual.IsEmpty ? null : pr, U = pu, Scale = scale.IsEmpty ? null : ps, Bias = bias.IsEmpty ? null : pb,
                 Batch = batch, Cin = cin, Cout = cout, H = h, W = w, TilesY = tilesY, TilesX = tilesX, T = t, Relu = relu,
+                Positions = Positions(tiles), Large = tiles == Tiles.F4,
             };
             WorkerPool.Shared.Run(&Chunk, &job, (t + Gemm.NR - 1) / Gemm.NR);
         }
     }
 
     /// <summary>
-    /// Worth it for this layer: a 3x3 stride-1 pad-1 convolution with at least two chunks of tiles (ResNet-50's 7x7
-    /// maps at batch 1 have one: the direct convolution, on every core, is faster there) and enough input channels to
-    /// repay the transforms (measured with `--layers` on two cores). The choice does not depend on the number of cores, so neither do the results.
+    /// The Winograd tile for this layer, or <see cref="Tiles.None"/> for the direct convolution: only 3x3 stride-1
+    /// pad-1 convolutions with enough input channels to repay the transforms (measured with `--layers` on two cores), and
+    /// only with at least two chunks of tiles (ResNet-50's 7x7 maps at batch 1 have one: the direct convolution, on
+    /// every core, is faster there). F(4x4, 3x3) where its tiles make two chunks and a chunk's transformed inputs and
+    /// products (36 x 128 bytes per channel each) stay near the core's 1 MB L2, at most 128 channels in and out (with
+    /// 256 channels at 14x14 it measured slower than F(2x2, 3x3): 6.7 against 5.8 ms at batch 8), else F(2x2, 3x3)
+    /// where its tiles make two chunks. The choice does not depend on the number of cores, so neither do the results.
     /// </summary>
-    public static bool Pays(int kernel, int stride, int pad, int batch, int cin, int h, int w) =>
-        kernel == 3 && stride == 1 && pad == 1 && Pays(batch, cin, h, w);
+    public static Tiles Choose(int kernel, int stride, int pad, int batch, int cin, int h, int w, int cout)
+    {
+        if (kernel != 3 || stride != 1 || pad != 1 || !Enabled || Off || cin < 64) return Tiles.None;
+        if (s_largeTiles && !SmallTilesOnly && cin <= 128 && cout <= 128 && Chunks(batch, h, w, 4) >= 2) return Tiles.F4;
+        return Chunks(batch, h, w, 2) >= 2 ? Tiles.F2 : Tiles.None;
+    }
 
-    /// <summary>As above for a 3x3 stride-1 pad-1 convolution.</summary>
-    public static bool Pays(int batch, int cin, int h, int w) =>
-        Enabled && !Off && cin >= 64 && (batch * ((h + 1) / 2) * ((w + 1) / 2) + Gemm.NR - 1) / Gemm.NR >= 2;
+    private static long Chunks(int batch, int h, int w, int size) =>
+        ((long)batch * ((h + size - 1) / size) * ((w + size - 1) / size) + Gemm.NR - 1) / Gemm.NR;
+
+    /// <summary>Whether a 3x3 stride-1 pad-1 convolution of this shape runs by Winograd (either tile).</summary>
+    public static bool Pays(int batch, int cin, int h, int w, int cout) => Choose(3, 1, 1, batch, cin, h, w, cout) != Tiles.None;
 
     private static void Chunk(void* context, int chunk)
     {
         ref Job j = ref Unsafe.AsRef<Job>(context);
         int first = chunk * Gemm.NR, count = Math.Min(Gemm.NR, j.T - first);
-        float* v = t_v.Get(16L * j.Cin * Gemm.NR);
-        float* m = t_m.Get(16L * j.Cout * Gemm.NR + Lanes); // a vector may read past the last lane
+        int positions = j.Positions;
+        float* v = t_v.Get((long)positions * j.Cin * Gemm.NR);
+        float* m = t_m.Get((long)positions * j.Cout * Gemm.NR + Lanes); // a vector may read past the last lane
         // The chunk's tiles, as runs along tile rows.
         for (int done = 0; done < count;)
         {
             int t = first + done;
             int row = t / j.TilesX, tx = t % j.TilesX, length = Math.Min(count - done, j.TilesX - tx);
-            TransformInput(ref j, row / j.TilesY, row % j.TilesY, tx, length, v + done);
+            if (j.Large) TransformInput4(ref j, row / j.TilesY, row % j.TilesY, tx, length, v + done);
+            else TransformInput(ref j, row / j.TilesY, row % j.TilesY, tx, length, v + done);
             done += length;
         }
         if (count < Gemm.NR)
-            for (int xi = 0; xi < 16; xi++)
+            for (int xi = 0; xi < positions; xi++)
                 for (int c = 0; c < j.Cin; c++) new Span<float>(v + ((long)xi * j.Cin + c) * Gemm.NR + count, Gemm.NR - count).Clear();
-        // M[xi] = U[xi] . V[xi]: 16 GEMMs of [Cout x Cin] . [Cin x NR].
+        // M[xi] = U[xi] . V[xi]: a GEMM of [Cout x Cin] . [Cin x NR] per position.
         int rowPanels = Gemm.RowPanelCount(j.Cout);
-        for (int xi = 0; xi < 16; xi++)
+        for (int xi = 0; xi < positions; xi++)
         {
             float* a = j.U + (long)xi * j.Cout * j.Cin, b = v + (long)xi * j.Cin * Gemm.NR, mx = m + (long)xi * j.Cout * Gemm.NR;
             for (int rp = 0; rp < rowPanels; rp++)
@@ -244,7 +279,8 @@ internal static unsafe class Winograd
         {
             int t = first + done;
             int row = t / j.TilesX, tx = t % j.TilesX, length = Math.Min(count - done, j.TilesX - tx);
-            TransformOutput(ref j, row / j.TilesY, row % j.TilesY, tx, length, m + done);
+            if (j.Large) TransformOutput4(ref j, row / j.TilesY, row % j.TilesY, tx, length, m + done);
+            else TransformOutput(ref j, row / j.TilesY, row % j.TilesY, tx, length, m + done);
             done += length;
         }
     }
@@ -389,6 +425,169 @@ internal static unsafe class Winograd
         }
         low.Store(block);
         high.Store(block + Lanes);
+        for (int i = 0; i < columns; i++)
+        {
+            float v = block[i];
+            if (residual != null) v += residual[at + i];
+            if (relu && v < 0f) v = 0f;
+            y[at + i] = v;
+        }
+    }
+
+    /// <summary>
+    /// F(4x4, 3x3)'s V = B^T d B for tiles [tx, tx + length) of tile row ty of image n (input rows 4 ty - 1 .. 4 ty + 4),
+    /// every input channel, into lanes of the chunk's panels. Each of the four column phases of the rows
+    /// (Q_r[i] = column 4 i - 1 + r, padding as 0) is first transformed down the six rows (B^T d); tile tx's six columns
+    /// are then Q_0..Q_3[tx], Q_0[tx + 1], Q_1[tx + 1]: contiguous runs over the tiles, transformed across 16 at a time.
+    /// </summary>
+    private static void TransformInput4(ref Job j, int n, int ty, int tx0, int length, float* v)
+    {
+        int columns = length + 1, stride = columns + Lanes; // room for a whole vector past the last tile
+        // q[(row * 4 + phase) * stride + i]: row of B^T d (6), column phase (4), tile (length + 1).
+        float* q = stackalloc float[24 * stride];
+        new Span<float>(q, 24 * stride).Clear();
+        float* block = stackalloc float[Lanes];
+        float** rows = stackalloc float*[6];
+        long xi1 = (long)j.Cin * Gemm.NR; // from one position's panel to the next
+        for (int c = 0; c < j.Cin; c++)
+        {
+            float* plane = j.X + ((long)n * j.Cin + c) * j.H * j.W;
+            for (int r = 0; r < 6; r++) rows[r] = Row(plane, j, 4 * ty - 1 + r);
+            for (int i = 0; i < columns; i++)
+            {
+                for (int phase = 0; phase < 4; phase++)
+                {
+                    int x = 4 * (tx0 + i) - 1 + phase;
+                    bool inside = x >= 0 && x < j.W;
+                    float d0 = inside && rows[0] != null ? rows[0][x] : 0f, d1 = inside && rows[1] != null ? rows[1][x] : 0f;
+                    float d2 = inside && rows[2] != null ? rows[2][x] : 0f, d3 = inside && rows[3] != null ? rows[3][x] : 0f;
+                    float d4 = inside && rows[4] != null ? rows[4][x] : 0f, d5 = inside && rows[5] != null ? rows[5][x] : 0f;
+                    float* at = q + phase * stride + i;
+                    long rowStep = 4L * stride;
+                    at[0] = 4f * d0 - 5f * d2 + d4;
+                    at[rowStep] = d3 + d4 - 4f * (d1 + d2);
+                    at[2 * rowStep] = 4f * (d1 - d2) + d4 - d3;
+                    at[3 * rowStep] = 2f * (d3 - d1) + d4 - d2;
+                    at[4 * rowStep] = 2f * (d1 - d3) + d4 - d2;
+                    at[5 * rowStep] = 4f * d1 - 5f * d3 + d5;
+                }
+            }
+            var four = Vector512.Create(4f);
+            var five = Vector512.Create(5f);
+            var two = Vector512.Create(2f);
+            for (int t = 0; t < length; t += Lanes)
+            {
+                int count = Math.Min(Lanes, length - t);
+                for (int r = 0; r < 6; r++)
+                {
+                    float* at = q + 4 * r * stride + t;
+                    var d0 = Vector512.Load(at);
+                    var d1 = Vector512.Load(at + stride);
+                    var d2 = Vector512.Load(at + 2 * stride);
+                    var d3 = Vector512.Load(at + 3 * stride);
+                    var d4 = Vector512.Load(at + 1);
+                    var d5 = Vector512.Load(at + stride + 1);
+                    // Columns of (B^T d) B; position (r, p) of the tile is xi = 6r + p.
+                    float* dst = v + 6 * r * xi1 + (long)c * Gemm.NR + t;
+                    Store(four * d0 - five * d2 + d4, dst, count, block);
+                    Store(d3 + d4 - four * (d1 + d2), dst + xi1, count, block);
+                    Store(four * (d1 - d2) + d4 - d3, dst + 2 * xi1, count, block);
+                    Store(two * (d3 - d1) + d4 - d2, dst + 3 * xi1, count, block);
+                    Store(two * (d1 - d3) + d4 - d2, dst + 4 * xi1, count, block);
+                    Store(four * d1 - five * d3 + d5, dst + 5 * xi1, count, block);
+                }
+            }
+        }
+    }
+
+    // Lane permutations over 64-bit pairs: (p0, q0, p1, q1, ...) from the first 4 pairs of each, then the last 4.
+    private static readonly Vector512<ulong> s_pairsLow = Vector512.Create(0ul, 8, 1, 9, 2, 10, 3, 11);
+    private static readonly Vector512<ulong> s_pairsHigh = Vector512.Create(4ul, 12, 5, 13, 6, 14, 7, 15);
+
+    /// <summary>
+    /// F(4x4, 3x3)'s Y = A^T M A for tiles [tx, tx + length) of tile row ty of image n, every output channel, 16 tiles at
+    /// a time (A^T's rows m0 + m1 + m2 + m3 + m4, m1 - m2 + 2 (m3 - m4), m1 + m2 + 4 (m3 + m4), m1 - m2 + 8 (m3 - m4) + m5,
+    /// first down the tile, then across); the four outputs of each tile row are interleaved into the output row, then
+    /// scale, bias, residual and ReLU.
+    /// </summary>
+    private static void TransformOutput4(ref Job j, int n, int ty, int tx0, int length, float* m)
+    {
+        long xi1 = (long)j.Cout * Gemm.NR;
+        float* block = stackalloc float[Lanes];
+        var s = stackalloc Vector512<float>[4 * 6];
+        var two = Vector512.Create(2f);
+        var four = Vector512.Create(4f);
+        var eight = Vector512.Create(8f);
+        for (int k = 0; k < j.Cout; k++)
+        {
+            var scale = Vector512.Create(j.Scale == null ? 1f : j.Scale[k]);
+            var bias = Vector512.Create(j.Bias == null ? 0f : j.Bias[k]);
+            long at = ((long)n * j.Cout + k) * j.H * j.W;
+            float* y = j.Y + at;
+            float* res = j.Residual == null ? null : j.Residual + at;
+            float* mk = m + (long)k * Gemm.NR;
+            for (int t = 0; t < length; t += Lanes)
+            {
+                float* src = mk + t;
+                // Down the tile: s[r][p] = (A^T M)[r][p] for each column p.
+                for (int p = 0; p < 6; p++)
+                {
+                    var m0 = Vector512.Load(src + p * xi1);
+                    var m1 = Vector512.Load(src + (6 + p) * xi1);
+                    var m2 = Vector512.Load(src + (12 + p) * xi1);
+                    var m3 = Vector512.Load(src + (18 + p) * xi1);
+                    var m4 = Vector512.Load(src + (24 + p) * xi1);
+                    var m5 = Vector512.Load(src + (30 + p) * xi1);
+                    Vector512<float> sum12 = m1 + m2, diff12 = m1 - m2, sum34 = m3 + m4, diff34 = m3 - m4;
+                    s[p] = m0 + sum12 + sum34;
+                    s[6 + p] = diff12 + two * diff34;
+                    s[12 + p] = sum12 + four * sum34;
+                    s[18 + p] = diff12 + eight * diff34 + m5;
+                }
+                int tx = tx0 + t;
+                int columns = Math.Min(4 * Math.Min(Lanes, length - t), j.W - 4 * tx);
+                for (int r = 0; r < 4 && 4 * ty + r < j.H; r++)
+                {
+                    Vector512<float>* row = s + 6 * r;
+                    Vector512<float> sum12 = row[1] + row[2], diff12 = row[1] - row[2], sum34 = row[3] + row[4], diff34 = row[3] - row[4];
+                    var y0 = row[0] + sum12 + sum34;
+                    var y1 = diff12 + two * diff34;
+                    var y2 = sum12 + four * sum34;
+                    var y3 = diff12 + eight * diff34 + row[5];
+                    // (y0, y1, y2, y3) of each tile in turn: pairs first, then pairs of pairs.
+                    var low01 = Avx512F.PermuteVar16x32x2(y0, s_interleaveLow, y1).AsUInt64();
+                    var high01 = Avx512F.PermuteVar16x32x2(y0, s_interleaveHigh, y1).AsUInt64();
+                    var low23 = Avx512F.PermuteVar16x32x2(y2, s_interleaveLow, y3).AsUInt64();
+                    var high23 = Avx512F.PermuteVar16x32x2(y2, s_interleaveHigh, y3).AsUInt64();
+                    long first = (long)(4 * ty + r) * j.W + 4 * tx;
+                    WriteOutputs(Avx512F.PermuteVar8x64x2(low01, s_pairsLow, low23).AsSingle(), y, res, first, columns, scale, bias, j.Relu, block);
+                    WriteOutputs(Avx512F.PermuteVar8x64x2(low01, s_pairsHigh, low23).AsSingle(), y, res, first + Lanes, columns - Lanes, scale, bias, j.Relu, block);
+                    WriteOutputs(Avx512F.PermuteVar8x64x2(high01, s_pairsLow, high23).AsSingle(), y, res, first + 2 * Lanes, columns - 2 * Lanes, scale, bias, j.Relu, block);
+                    WriteOutputs(Avx512F.PermuteVar8x64x2(high01, s_pairsHigh, high23).AsSingle(), y, res, first + 3 * Lanes, columns - 3 * Lanes, scale, bias, j.Relu, block);
+                }
+            }
+        }
+    }
+
+    /// <summary>
+    /// Writes the first <paramref name="columns"/> (at most 16; none when not positive) of 16 consecutive outputs with
+    /// the epilogue.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void WriteOutputs(Vector512<float> value, float* y, float* residual, long at, int columns,
+        Vector512<float> scale, Vector512<float> bias, bool relu, float* block)
+    {
+        if (columns <= 0) return;
+        value = Vector512.FusedMultiplyAdd(value, scale, bias);
+        if (columns >= Lanes)
+        {
+            if (residual != null) value += Vector512.Load(residual + at);
+            // Where v < 0 the result is 0; NaN stays NaN, as in torch.relu.
+            if (relu) value = Vector512.ConditionalSelect(Vector512.LessThan(value, Vector512<float>.Zero), Vector512<float>.Zero, value);
+            value.Store(y + at);
+            return;
+        }
+        value.Store(block);
         for (int i = 0; i < columns; i++)
         {
             float v = block[i];

@@ -592,24 +592,25 @@ public sealed unsafe class NetworkState
     private ReadOnlySpan<float> Weights(ConvSpec c) => ValueArray.AsSpan((int)c.Weight, c.OutChannels * c.K);
 
     // 3x3 stride-1 convolutions by Winograd (eval mode, and a training step's forward and data gradient): their
-    // transformed weights, for the forward and (transposed) for the data gradient, made when first needed and again
-    // after the weights change (allocated once).
+    // transformed weights, for the forward and (transposed) for the data gradient, for each tile size a layer has used
+    // (it depends on the batch), made when first needed and again after the weights change (allocated once).
     private float[]?[]? _winograd, _winogradTransposed;
     private long[]? _winogradVersion, _winogradTransposedVersion;
 
-    private ReadOnlySpan<float> WinogradWeights(int index, ConvSpec c, bool transposed = false)
+    private ReadOnlySpan<float> WinogradWeights(int index, ConvSpec c, Cpu.Winograd.Tiles tiles, bool transposed = false)
     {
         ref float[]?[]? cache = ref transposed ? ref _winogradTransposed : ref _winograd;
         ref long[]? versions = ref transposed ? ref _winogradTransposedVersion : ref _winogradVersion;
-        cache ??= new float[]?[_spec.Convs.Length];
-        versions ??= new long[_spec.Convs.Length];
-        var u = cache[index];
-        if (u is null || versions[index] != _weightsVersion)
+        cache ??= new float[]?[2 * _spec.Convs.Length];
+        versions ??= new long[2 * _spec.Convs.Length];
+        int slot = 2 * index + (tiles == Cpu.Winograd.Tiles.F4 ? 1 : 0);
+        var u = cache[slot];
+        if (u is null || versions[slot] != _weightsVersion)
         {
-            u ??= cache[index] = new float[Cpu.Winograd.TransformedSize(c.OutChannels, c.InChannels)];
-            if (transposed) Cpu.Winograd.TransformTransposedWeights(Weights(c), u, c.OutChannels, c.InChannels);
-            else Cpu.Winograd.TransformWeights(Weights(c), u, c.OutChannels, c.InChannels);
-            versions[index] = _weightsVersion;
+            u ??= cache[slot] = new float[Cpu.Winograd.TransformedSize(c.OutChannels, c.InChannels, tiles)];
+            if (transposed) Cpu.Winograd.TransformTransposedWeights(Weights(c), u, c.OutChannels, c.InChannels, tiles);
+            else Cpu.Winograd.TransformWeights(Weights(c), u, c.OutChannels, c.InChannels, tiles);
+            versions[slot] = _weightsVersion;
         }
         return u;
     }
@@ -626,8 +627,9 @@ public sealed unsafe class NetworkState
         }
         if (!IsTraining)
         {
-            if (Cpu.Winograd.Pays(kernel, stride, pad, batch, cin, h, w))
-                Cpu.Winograd.Forward(x, y, residual, WinogradWeights(index, c), _scale[index], _bias[index], batch, cin, h, w, cout, relu);
+            var tiles = Cpu.Winograd.Choose(kernel, stride, pad, batch, cin, h, w, cout);
+            if (tiles != Cpu.Winograd.Tiles.None)
+                Cpu.Winograd.Forward(x, y, residual, WinogradWeights(index, c, tiles), _scale[index], _bias[index], batch, cin, h, w, cout, relu, tiles);
             else
                 Cpu.Conv.Forward(x, y, residual, Weights(c), _scale[index], _bias[index], batch, cin, h, w, cout, oh, ow, kernel, stride, pad, relu);
             return;
@@ -654,9 +656,10 @@ public sealed unsafe class NetworkState
         }
         else
         {
-            if (Cpu.Winograd.Pays(kernel, stride, pad, batch, cin, h, w))
-                Cpu.Winograd.Forward(x, z, ReadOnlySpan<float>.Empty, WinogradWeights(index, c), ReadOnlySpan<float>.Empty, ReadOnlySpan<float>.Empty,
-                    batch, cin, h, w, cout, relu: false);
+            var tiles = Cpu.Winograd.Choose(kernel, stride, pad, batch, cin, h, w, cout);
+            if (tiles != Cpu.Winograd.Tiles.None)
+                Cpu.Winograd.Forward(x, z, ReadOnlySpan<float>.Empty, WinogradWeights(index, c, tiles), ReadOnlySpan<float>.Empty, ReadOnlySpan<float>.Empty,
+                    batch, cin, h, w, cout, relu: false, tiles);
             else
                 Cpu.Conv.Forward(x, z, ReadOnlySpan<float>.Empty, Weights(c), ReadOnlySpan<float>.Empty, ReadOnlySpan<float>.Empty,
                     batch, cin, h, w, cout, oh, ow, kernel, stride, pad, relu: false);
@@ -705,7 +708,8 @@ public sealed unsafe class NetworkState
                 pgrads + c.BatchNorm, pgrads + c.BatchNorm + cout, batch, cout, hw, relu, _batchStatistics, psums, StatisticsReducer);
             // dL/dx of a 3x3 stride-1 convolution is the 3x3 stride-1 convolution of dL/dz with the kernels flipped and
             // transposed: Winograd where it pays, added to gx (gx as its own residual).
-            bool winograd = !gx.IsEmpty && Cpu.Winograd.Pays(kernel, stride, pad, batch, cout, oh, ow);
+            var tiles = gx.IsEmpty ? Cpu.Winograd.Tiles.None : Cpu.Winograd.Choose(kernel, stride, pad, batch, cout, oh, ow, cin);
+            bool winograd = tiles != Cpu.Winograd.Tiles.None;
             if (fold)
             {
                 Cpu.Backward.ConvFilterFolded(px, pg, pgrads + c.Weight, pcols, prows, batch, cin, h, w, cout, oh, ow, kernel, stride, pad);
@@ -724,8 +728,8 @@ public sealed unsafe class NetworkState
                 }
             }
             if (winograd)
-                Cpu.Winograd.Forward(g, gx, gx, WinogradWeights(index, c, transposed: true), ReadOnlySpan<float>.Empty, ReadOnlySpan<float>.Empty,
-                    batch, cout, oh, ow, cin, relu: false);
+                Cpu.Winograd.Forward(g, gx, gx, WinogradWeights(index, c, tiles, transposed: true), ReadOnlySpan<float>.Empty, ReadOnlySpan<float>.Empty,
+                    batch, cout, oh, ow, cin, relu: false, tiles);
         }
         GradientsReady?.Invoke(index);
     }

@@ -88,7 +88,14 @@ public class KernelTests
     [InlineData(1, 64, 56, 56, 64)] // a ResNet-50 layer1 shape: 784 tiles
     [InlineData(4, 6, 2, 3, 17)]
     [InlineData(1, 3, 1, 1, 5)]     // one pixel: one tile, mostly padding
+    [InlineData(3, 20, 9, 38, 13)]  // F(4x4, 3x3): a row of tiles longer than 16 lanes, cut at both edges
+    [InlineData(2, 128, 28, 28, 24)] // a ResNet-50 layer2 shape with many input channels
     public void WinogradMatchesReferenceWithEveryEpilogue(int batch, int cin, int h, int w, int cout)
+    {
+        foreach (var tiles in new[] { Winograd.Tiles.F2, Winograd.Tiles.F4 }) WinogradMatchesReference(batch, cin, h, w, cout, tiles);
+    }
+
+    private static void WinogradMatchesReference(int batch, int cin, int h, int w, int cout, Winograd.Tiles tiles)
     {
         if (!System.Runtime.Intrinsics.X86.Avx512F.IsSupported)
         {
@@ -102,8 +109,8 @@ public class KernelTests
         var scale = Naive.RandomFloats(rng, cout);
         var expected = Naive.Conv(Naive.ToDouble(x), Naive.ToDouble(weight), batch, cin, h, w, cout, 3, 1, 1, out int oh, out int ow);
         var residual = Naive.RandomFloats(rng, expected.Length);
-        var u = new float[Winograd.TransformedSize(cout, cin)];
-        Winograd.TransformWeights(weight, u, cout, cin);
+        var u = new float[Winograd.TransformedSize(cout, cin, tiles)];
+        Winograd.TransformWeights(weight, u, cout, cin, tiles);
 
         foreach (var (useScale, useBias, useResidual, relu) in new[]
                  { (false, false, false, false), (true, true, false, true), (false, true, true, true), (true, false, true, false) })
@@ -111,9 +118,9 @@ public class KernelTests
             var y = new float[expected.Length];
             y.AsSpan().Fill(float.NaN); // every element must be written
             Winograd.Forward(x, y, useResidual ? residual : default, u, useScale ? scale : default, useBias ? bias : default,
-                batch, cin, h, w, cout, relu);
+                batch, cin, h, w, cout, relu, tiles);
             var want = WithEpilogue(expected, oh * ow, cout, useScale ? scale : null, useBias ? bias : null, useResidual ? residual : null, relu);
-            AssertClose(want, y, 1e-5, $"winograd scale={useScale} bias={useBias} residual={useResidual} relu={relu}");
+            AssertClose(want, y, 1e-5, $"winograd {tiles} scale={useScale} bias={useBias} residual={useResidual} relu={relu}");
         }
     }
 
