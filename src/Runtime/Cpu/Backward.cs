@@ -1,6 +1,8 @@
 using System;
 using System.Numerics;
 using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace Unrolled.Cpu;
 
@@ -63,6 +65,11 @@ internal static unsafe class Backward
         ref FilterJob j = ref Unsafe.AsRef<FilterJob>(context);
         int n0 = panel * Gemm.NR, cols = Math.Min(Gemm.NR, j.K - n0);
         float* dst = j.Panels + (long)panel * j.Q * Gemm.NR;
+        if (Avx512F.IsSupported && cols == Gemm.NR && j.OW >= Lanes && j.Stride <= 2)
+        {
+            PackFilterPanel16(ref j, n0, dst);
+            return;
+        }
         int taps = j.Kernel * j.Kernel, s = j.Stride, planeSize = j.H * j.W, hw = j.OH * j.OW;
         for (int t = 0; t < Gemm.NR; t++)
         {
@@ -97,6 +104,109 @@ internal static unsafe class Backward
                     for (; ox2 < j.OW; ox2++) row[ox2 * Gemm.NR] = 0f;
                 }
             }
+        }
+    }
+
+    private const int Lanes = 16;
+
+    /// <summary>
+    /// <see cref="PackFilterPanel"/> for a whole panel of NR columns, 16 output pixels of a row at a time: the 32
+    /// taps' values at those pixels are read as vectors (the stride-2 ones as the even elements of two loads) into a
+    /// 32 x 16 block, which two 16 x 16 transposes in registers turn into the panel's 16 rows of 32: every store is a whole
+    /// 64-byte line, where a scalar gather writes the panel a column at a time. A tap whose 16 pixels reach into the
+    /// padding, and the last pixels of a row, are filled lane by lane.
+    /// </summary>
+    [SkipLocalsInit] // every element of the stack buffers is written before it is read
+    private static void PackFilterPanel16(ref FilterJob j, int n0, float* dst)
+    {
+        int taps = j.Kernel * j.Kernel, s = j.Stride, planeSize = j.H * j.W, hw = j.OH * j.OW;
+        var block = stackalloc Vector512<float>[Gemm.NR];
+        int* channel = stackalloc int[Gemm.NR];
+        int* ky = stackalloc int[Gemm.NR];
+        int* ix0 = stackalloc int[Gemm.NR];
+        for (int t = 0; t < Gemm.NR; t++)
+        {
+            int kIndex = n0 + t;
+            channel[t] = kIndex / taps;
+            ky[t] = kIndex % taps / j.Kernel;
+            ix0[t] = kIndex % j.Kernel - j.Pad;
+        }
+        var even = Vector512.Create(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        for (int image = 0; image < j.Batch; image++)
+        {
+            float* x = j.X + (long)image * j.Cin * planeSize;
+            for (int oy = 0; oy < j.OH; oy++)
+            {
+                float* row = dst + ((long)image * hw + oy * j.OW) * Gemm.NR;
+                for (int ox = 0; ox < j.OW; ox += Lanes)
+                {
+                    int count = Math.Min(Lanes, j.OW - ox);
+                    for (int t = 0; t < Gemm.NR; t++)
+                    {
+                        int iy = oy * s - j.Pad + ky[t];
+                        int first = ix0[t] + ox * s, last = first + (count - 1) * s; // input columns of the 16 pixels
+                        if ((uint)iy >= (uint)j.H)
+                        {
+                            block[t] = Vector512<float>.Zero;
+                            continue;
+                        }
+                        float* src = x + (long)channel[t] * planeSize + iy * j.W;
+                        if (count == Lanes && first >= 0 && (s == 1 ? last < j.W : first + 2 * Lanes <= j.W))
+                        {
+                            block[t] = s == 1 ? Vector512.Load(src + first)
+                                : Avx512F.PermuteVar16x32x2(Vector512.Load(src + first), even, Vector512.Load(src + first + Lanes));
+                            continue;
+                        }
+                        float* lane = (float*)(block + t);
+                        for (int i = 0; i < Lanes; i++)
+                        {
+                            int ix = first + i * s;
+                            lane[i] = i < count && (uint)ix < (uint)j.W ? src[ix] : 0f;
+                        }
+                    }
+                    // Taps 0..15 and 16..31: each 16 x 16 block transposed into the pixels' rows.
+                    Transpose16(block);
+                    Transpose16(block + Lanes);
+                    float* at = row + (long)ox * Gemm.NR;
+                    for (int p = 0; p < count; p++)
+                    {
+                        block[p].Store(at + p * Gemm.NR);
+                        block[Lanes + p].Store(at + p * Gemm.NR + Lanes);
+                    }
+                }
+            }
+        }
+    }
+
+    /// <summary>Transposes the 16 x 16 matrix whose rows are <paramref name="r"/>[0..15], in place.</summary>
+    [SkipLocalsInit]
+    private static void Transpose16(Vector512<float>* r)
+    {
+        var t = stackalloc Vector512<float>[16];
+        // Pairs of rows interleaved element by element, then pairs of elements, then 128-bit lanes twice.
+        for (int i = 0; i < 16; i += 2)
+        {
+            t[i] = Avx512F.UnpackLow(r[i], r[i + 1]);
+            t[i + 1] = Avx512F.UnpackHigh(r[i], r[i + 1]);
+        }
+        for (int i = 0; i < 16; i += 4)
+        {
+            r[i] = Avx512F.UnpackLow(t[i].AsDouble(), t[i + 2].AsDouble()).AsSingle();
+            r[i + 1] = Avx512F.UnpackHigh(t[i].AsDouble(), t[i + 2].AsDouble()).AsSingle();
+            r[i + 2] = Avx512F.UnpackLow(t[i + 1].AsDouble(), t[i + 3].AsDouble()).AsSingle();
+            r[i + 3] = Avx512F.UnpackHigh(t[i + 1].AsDouble(), t[i + 3].AsDouble()).AsSingle();
+        }
+        for (int i = 0; i < 4; i++)
+        {
+            t[i] = Avx512F.Shuffle4x128(r[i], r[i + 4], 0x88);
+            t[i + 4] = Avx512F.Shuffle4x128(r[i], r[i + 4], 0xDD);
+            t[i + 8] = Avx512F.Shuffle4x128(r[i + 8], r[i + 12], 0x88);
+            t[i + 12] = Avx512F.Shuffle4x128(r[i + 8], r[i + 12], 0xDD);
+        }
+        for (int i = 0; i < 8; i++)
+        {
+            r[i] = Avx512F.Shuffle4x128(t[i], t[i + 8], 0x88);
+            r[i + 8] = Avx512F.Shuffle4x128(t[i], t[i + 8], 0xDD);
         }
     }
 

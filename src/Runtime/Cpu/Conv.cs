@@ -152,6 +152,7 @@ internal static unsafe class Conv
     /// Gathers columns [n0, n0 + cols) of the implicit im2col matrix into a [K][NR] panel, zero-padded. With the batch
     /// folded in, column q is pixel q % hw of image q / hw.
     /// </summary>
+    [SkipLocalsInit] // the segment arrays are read only where written
     private static void PackColumns(ref Job j, int n0, int cols, float* panel)
     {
         int hw = j.H * j.W;

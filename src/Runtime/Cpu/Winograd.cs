@@ -141,6 +141,7 @@ internal static unsafe class Winograd
     /// As the scalar loop of <see cref="TransformKernels"/> for kernels (k, c0) .. (k, c0 + 15) at once: their taps
     /// gathered one per lane, G g G^T in float, U stored 16 input channels at a time (contiguous in U).
     /// </summary>
+    [SkipLocalsInit] // the stack buffers are cleared where they must be, or written before they are read
     private static void TransformKernels16(ref WeightJob j, int k, int c0)
     {
         // Tap t of lane i: W[k, c0 + i, t], or for the data gradient W[c0 + i, k, 8 - t] (the kernel rotated).
@@ -291,6 +292,7 @@ internal static unsafe class Winograd
     /// and odd columns with the padding (E[i] = column 2i - 1, O[i] = column 2i), so that tile tx's columns are
     /// E[tx], O[tx], E[tx + 1], O[tx + 1]: contiguous runs over the tiles, transformed 16 at a time.
     /// </summary>
+    [SkipLocalsInit] // the stack buffers are cleared where they must be, or written before they are read
     private static void TransformInput(ref Job j, int n, int ty, int tx0, int length, float* v)
     {
         int half = length + 1, stride = half + Lanes; // room for a whole vector past the last tile
@@ -362,6 +364,7 @@ internal static unsafe class Winograd
     /// row are interleaved into the output row, then scale, bias, residual and ReLU. <paramref name="m"/> points at
     /// the first tile's lane of the chunk's products.
     /// </summary>
+    [SkipLocalsInit] // the stack buffers are cleared where they must be, or written before they are read
     private static void TransformOutput(ref Job j, int n, int ty, int tx0, int length, float* m)
     {
         long xi1 = (long)j.Cout * Gemm.NR;
@@ -440,6 +443,7 @@ internal static unsafe class Winograd
     /// (Q_r[i] = column 4 i - 1 + r, padding as 0) is first transformed down the six rows (B^T d); tile tx's six columns
     /// are then Q_0..Q_3[tx], Q_0[tx + 1], Q_1[tx + 1]: contiguous runs over the tiles, transformed across 16 at a time.
     /// </summary>
+    [SkipLocalsInit] // the stack buffers are cleared where they must be, or written before they are read
     private static void TransformInput4(ref Job j, int n, int ty, int tx0, int length, float* v)
     {
         int columns = length + 1, stride = columns + Lanes; // room for a whole vector past the last tile
@@ -510,6 +514,7 @@ internal static unsafe class Winograd
     /// first down the tile, then across); the four outputs of each tile row are interleaved into the output row, then
     /// scale, bias, residual and ReLU.
     /// </summary>
+    [SkipLocalsInit] // the stack buffers are cleared where they must be, or written before they are read
     private static void TransformOutput4(ref Job j, int n, int ty, int tx0, int length, float* m)
     {
         long xi1 = (long)j.Cout * Gemm.NR;

@@ -42,6 +42,10 @@ public unsafe class GradientCheckTests
     [InlineData(1, 5, 8, 8, 4, 1, 2, 0)]
     [InlineData(1, 2, 11, 9, 3, 7, 2, 3)]
     [InlineData(1, 3, 5, 21, 14, 3, 1, 1)] // rows of 21: the vector col2im path and its tail; 27 rows of W^T: both kernels
+    [InlineData(2, 4, 5, 35, 3, 3, 1, 1)]  // K = 36, rows of 35: the filter panel's 16-pixel path, its padding and tail
+    [InlineData(1, 4, 5, 41, 2, 3, 2, 1)]  // the same at stride 2 (rows of 21 outputs)
+    [InlineData(1, 33, 2, 17, 2, 1, 1, 0)] // 1x1: one whole panel of 32 channels and one of 1
+    [InlineData(1, 32, 4, 18, 3, 3, 1, 1)] // K = 288: nine whole panels
     public void ConvolutionDataAndFilterGradients(int batch, int cin, int h, int w, int cout, int k, int stride, int pad)
     {
         var rng = new Random(cin * 100 + k);
