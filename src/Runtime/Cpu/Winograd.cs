@@ -298,8 +298,12 @@ internal static unsafe class Winograd
         int half = length + 1, stride = half + Lanes; // room for a whole vector past the last tile
         float* e = stackalloc float[4 * stride];
         float* o = stackalloc float[4 * stride];
-        new Span<float>(e, 4 * stride).Clear();
-        new Span<float>(o, 4 * stride).Clear();
+        // Only the tails past the last tile are never written: the vectors that read them have lanes to discard.
+        for (int r = 0; r < 4; r++)
+        {
+            new Span<float>(e + r * stride + half, stride - half).Clear();
+            new Span<float>(o + r * stride + half, stride - half).Clear();
+        }
         float* block = stackalloc float[Lanes];
         long xi1 = (long)j.Cin * Gemm.NR; // from one position's panel to the next
         for (int c = 0; c < j.Cin; c++)
@@ -449,7 +453,8 @@ internal static unsafe class Winograd
         int columns = length + 1, stride = columns + Lanes; // room for a whole vector past the last tile
         // q[(row * 4 + phase) * stride + i]: row of B^T d (6), column phase (4), tile (length + 1).
         float* q = stackalloc float[24 * stride];
-        new Span<float>(q, 24 * stride).Clear();
+        // Only the tails past the last tile are never written: the vectors that read them have lanes to discard.
+        for (int r = 0; r < 24; r++) new Span<float>(q + r * stride + columns, stride - columns).Clear();
         float* block = stackalloc float[Lanes];
         float** rows = stackalloc float*[6];
         long xi1 = (long)j.Cin * Gemm.NR; // from one position's panel to the next
