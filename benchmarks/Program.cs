@@ -82,38 +82,19 @@ public static class Program
         if (args.Contains("--inference")) return Compare(training: false);
         if (args.Contains("--train")) return TrainStep(new ResNet50());
         if (args.Contains("--kernel")) return MicroKernel.Run();
-        if (args.Contains("--forward-loop")) return ForwardLoop(args.Contains("--batch8") ? 8 : 1);
-        if (args.Contains("--ab-tiles")) return TilesAB(args.Contains("--batch8") ? 8 : 1);
+        if (args.Contains("--forward-loop")) return ForwardLoop(args.Contains("--batch8") ? 8 : 1, abTiles: false);
+        if (args.Contains("--ab-tiles")) return ForwardLoop(args.Contains("--batch8") ? 8 : 1, abTiles: true);
         if (args.Contains("--layers")) return ConvLayers.Run(args.Contains("--batch8") ? 8 : 1);
         BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
         return 0;
     }
 
-    /// <summary>Unrolled's forward alone, repeated for 20 s (for a profiler such as dotnet-trace); prints the median.</summary>
-    private static int ForwardLoop(int batch)
-    {
-        var net = new ResNet50();
-        var input = new float[batch * ResNet50.InputSize];
-        for (int i = 0; i < input.Length; i++) input[i] = (i % 255) / 255f;
-        var logits = new float[batch * ResNet50.NumClasses];
-        var times = new List<double>();
-        var clock = Stopwatch.StartNew();
-        while (clock.Elapsed.TotalSeconds < 20)
-        {
-            long start = Stopwatch.GetTimestamp();
-            net.Forward(input, logits);
-            times.Add(Stopwatch.GetElapsedTime(start).TotalMilliseconds);
-        }
-        times.Sort();
-        Console.WriteLine($"forward b{batch}: median {times[times.Count / 2]:F1} ms over {times.Count} calls");
-        return 0;
-    }
-
     /// <summary>
-    /// A/B in one process: Unrolled's forward with Winograd as chosen (F(4x4, 3x3) where it pays) and with F(2x2, 3x3)
-    /// only, alternating call by call for 40 s so that both see the same machine; prints both medians.
+    /// Unrolled's forward alone, repeated for 20 s (for a profiler such as dotnet-trace); prints the median. With
+    /// <paramref name="abTiles"/>: an A/B in one process, Winograd as chosen (F(4x4, 3x3) where it pays) against
+    /// F(2x2, 3x3) only, alternating call by call for 40 s so that both see the same machine; prints both medians.
     /// </summary>
-    private static int TilesAB(int batch)
+    private static int ForwardLoop(int batch, bool abTiles)
     {
         var net = new ResNet50();
         var input = new float[batch * ResNet50.InputSize];
@@ -121,16 +102,20 @@ public static class Program
         var logits = new float[batch * ResNet50.NumClasses];
         var times = new[] { new List<double>(), new List<double>() };
         var clock = Stopwatch.StartNew();
-        for (int call = 0; clock.Elapsed.TotalSeconds < 40; call++)
+        for (int call = 0; clock.Elapsed.TotalSeconds < (abTiles ? 40 : 20); call++)
         {
-            Unrolled.Cpu.Winograd.SmallTilesOnly = call % 2 == 1;
+            int arm = abTiles ? call % 2 : 0;
+            Unrolled.Cpu.Winograd.SmallTilesOnly = arm == 1;
             long start = Stopwatch.GetTimestamp();
             net.Forward(input, logits);
-            if (call >= 4) times[call % 2].Add(Stopwatch.GetElapsedTime(start).TotalMilliseconds);
+            if (call >= 4) times[arm].Add(Stopwatch.GetElapsedTime(start).TotalMilliseconds);
         }
         Unrolled.Cpu.Winograd.SmallTilesOnly = false;
         foreach (var t in times) t.Sort();
-        Console.WriteLine($"forward b{batch}: as chosen {times[0][times[0].Count / 2]:F1} ms, F(2x2, 3x3) only {times[1][times[1].Count / 2]:F1} ms (medians of {times[0].Count} alternating calls)");
+        double Median(List<double> t) => t[t.Count / 2];
+        Console.WriteLine(abTiles
+            ? $"forward b{batch}: as chosen {Median(times[0]):F1} ms, F(2x2, 3x3) only {Median(times[1]):F1} ms (medians of {times[0].Count} alternating calls)"
+            : $"forward b{batch}: median {Median(times[0]):F1} ms over {times[0].Count} calls");
         return 0;
     }
 

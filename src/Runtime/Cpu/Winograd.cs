@@ -372,14 +372,10 @@ internal static unsafe class Winograd
     private static void TransformOutput(ref Job j, int n, int ty, int tx0, int length, float* m)
     {
         long xi1 = (long)j.Cout * Gemm.NR;
-        float* block = stackalloc float[2 * Lanes];
+        float* block = stackalloc float[Lanes];
         for (int k = 0; k < j.Cout; k++)
         {
-            var scale = Vector512.Create(j.Scale == null ? 1f : j.Scale[k]);
-            var bias = Vector512.Create(j.Bias == null ? 0f : j.Bias[k]);
-            long at = ((long)n * j.Cout + k) * j.H * j.W;
-            float* y = j.Y + at;
-            float* res = j.Residual == null ? null : j.Residual + at;
+            OutputChannel(ref j, n, k, out var scale, out var bias, out float* y, out float* res);
             float* mk = m + (long)k * Gemm.NR;
             for (int t = 0; t < length; t += Lanes)
             {
@@ -401,6 +397,17 @@ internal static unsafe class Winograd
         }
     }
 
+    /// <summary>Output channel k of image n: its epilogue's scale and bias, and where its plane of y and of the residual start.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void OutputChannel(ref Job j, int n, int k, out Vector512<float> scale, out Vector512<float> bias, out float* y, out float* residual)
+    {
+        scale = Vector512.Create(j.Scale == null ? 1f : j.Scale[k]);
+        bias = Vector512.Create(j.Bias == null ? 0f : j.Bias[k]);
+        long at = ((long)n * j.Cout + k) * j.H * j.W;
+        y = j.Y + at;
+        residual = j.Residual == null ? null : j.Residual + at;
+    }
+
     /// <summary>
     /// Writes <paramref name="columns"/> outputs of one row from the even (<paramref name="even"/>) and odd
     /// (<paramref name="odd"/>) columns of 16 tiles, with the epilogue.
@@ -409,36 +416,8 @@ internal static unsafe class Winograd
     private static void WriteRow(Vector512<float> even, Vector512<float> odd, float* y, float* residual, long at, int columns,
         Vector512<float> scale, Vector512<float> bias, bool relu, float* block)
     {
-        var low = Avx512F.PermuteVar16x32x2(even, s_interleaveLow, odd);
-        var high = Avx512F.PermuteVar16x32x2(even, s_interleaveHigh, odd);
-        low = Vector512.FusedMultiplyAdd(low, scale, bias);
-        high = Vector512.FusedMultiplyAdd(high, scale, bias);
-        if (columns == 2 * Lanes)
-        {
-            if (residual != null)
-            {
-                low += Vector512.Load(residual + at);
-                high += Vector512.Load(residual + at + Lanes);
-            }
-            if (relu)
-            {
-                // Where v < 0 the result is 0; NaN stays NaN, as in torch.relu.
-                low = Vector512.ConditionalSelect(Vector512.LessThan(low, Vector512<float>.Zero), Vector512<float>.Zero, low);
-                high = Vector512.ConditionalSelect(Vector512.LessThan(high, Vector512<float>.Zero), Vector512<float>.Zero, high);
-            }
-            low.Store(y + at);
-            high.Store(y + at + Lanes);
-            return;
-        }
-        low.Store(block);
-        high.Store(block + Lanes);
-        for (int i = 0; i < columns; i++)
-        {
-            float v = block[i];
-            if (residual != null) v += residual[at + i];
-            if (relu && v < 0f) v = 0f;
-            y[at + i] = v;
-        }
+        WriteOutputs(Avx512F.PermuteVar16x32x2(even, s_interleaveLow, odd), y, residual, at, columns, scale, bias, relu, block);
+        WriteOutputs(Avx512F.PermuteVar16x32x2(even, s_interleaveHigh, odd), y, residual, at + Lanes, columns - Lanes, scale, bias, relu, block);
     }
 
     /// <summary>
@@ -530,11 +509,7 @@ internal static unsafe class Winograd
         var eight = Vector512.Create(8f);
         for (int k = 0; k < j.Cout; k++)
         {
-            var scale = Vector512.Create(j.Scale == null ? 1f : j.Scale[k]);
-            var bias = Vector512.Create(j.Bias == null ? 0f : j.Bias[k]);
-            long at = ((long)n * j.Cout + k) * j.H * j.W;
-            float* y = j.Y + at;
-            float* res = j.Residual == null ? null : j.Residual + at;
+            OutputChannel(ref j, n, k, out var scale, out var bias, out float* y, out float* res);
             float* mk = m + (long)k * Gemm.NR;
             for (int t = 0; t < length; t += Lanes)
             {
