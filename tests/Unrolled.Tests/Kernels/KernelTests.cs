@@ -48,6 +48,7 @@ public class KernelTests
         { 4, 6, 2, 3, 17, 3, 1, 1 },
         { 1, 9, 6, 6, 23, 3, 1, 1 }, // 12 + 8 + 3 rows: both kernels and a part-filled remainder panel
         { 2, 4, 9, 75, 20, 3, 2, 1 }, // rows of 75 at stride 2: the AVX-512 even-element gather and its scalar ends
+        { 2, 40, 20, 16, 30, 1, 1, 0 }, // 1x1 over 320 pixels per image (not folded): ten whole column panels each
     };
 
     [Theory]
