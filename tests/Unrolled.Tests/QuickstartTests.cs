@@ -131,6 +131,49 @@ public class DataTests
     }
 
     [Fact]
+    public void ACachedLoaderGivesTheSameBatchesAndOpensNoFileAfterItsFirstEpoch()
+    {
+        string root = Directory.CreateTempSubdirectory("unrolled-cache-").FullName;
+        try
+        {
+            // A copy of two classes of the test digits, so that the files can be deleted after the first epoch.
+            var source = new ImageFolder(Digits("test"));
+            foreach (var (path, label) in source.Samples.Where(s => s.Label < 2))
+            {
+                string dir = Directory.CreateDirectory(Path.Combine(root, label.ToString())).FullName;
+                File.Copy(path, Path.Combine(dir, Path.GetFileName(path)));
+            }
+            var data = new ImageFolder(root);
+            var plain = new DataLoader(data, DigitsTransform(), 16, shuffle: true, seed: 3);
+            var cached = new DataLoader(data, DigitsTransform(), 16, shuffle: true, seed: 3, cache: true);
+            Assert.True(cached.Cache);
+            static System.Collections.Generic.List<(float[] Input, int[] Labels)> Read(DataLoader loader, int epoch) =>
+                loader.Epoch(epoch).Select(b => (b.Input.ToArray(), b.Labels.ToArray())).ToList();
+            var expected = new[] { Read(plain, 0), Read(plain, 1) };
+            Assert.Equal(expected[0].SelectMany(b => b.Input), Read(cached, 0).SelectMany(b => b.Input));
+            Directory.Delete(root, recursive: true); // from here on, opening any image would fail
+            var second = Read(cached, 1);
+            Assert.Equal(expected[1].SelectMany(b => b.Input), second.SelectMany(b => b.Input));
+            Assert.Equal(expected[1].SelectMany(b => b.Labels), second.SelectMany(b => b.Labels));
+            // The uncached loader does read the files.
+            Assert.Contains("cannot be read", Assert.Throws<ImageFileException>(() => { Read(plain, 2); }).Message);
+        }
+        finally
+        {
+            if (Directory.Exists(root)) Directory.Delete(root, recursive: true);
+        }
+    }
+
+    [Fact]
+    public void CachingATransformWithRandomnessIsRefusedByName()
+    {
+        var random = new Compose(32, 32, new ImageTransform[] { new Grayscale(), new RandomResizedCrop(32) }, Preprocess.ImageNetMean, Preprocess.ImageNetStd);
+        var e = Assert.Throws<ArgumentException>(() => new DataLoader(new ImageFolder(Digits("test")), random, 8, cache: true));
+        Assert.Contains("RandomResizedCrop", e.Message);
+        Assert.Null(DigitsTransform().FirstRandomStep);
+    }
+
+    [Fact]
     public void CorruptImagesAreNamedOrSkippedAndCounted()
     {
         string root = Directory.CreateTempSubdirectory("unrolled-data-").FullName;

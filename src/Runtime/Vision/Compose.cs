@@ -11,23 +11,36 @@ public abstract class ImageTransform
 {
     /// <summary>Transforms <paramref name="image"/> in place; random steps draw from <paramref name="random"/>.</summary>
     public abstract void Apply(Image<Rgb24> image, Random random);
+
+    /// <summary>
+    /// Whether <see cref="Apply"/> may draw from the random source (an augmentation): true unless a step says
+    /// otherwise, so that a transform of your own is never taken for a deterministic one (<see cref="DataLoader"/>'s
+    /// cache relies on it).
+    /// </summary>
+    public virtual bool IsRandom => true;
 }
 
 /// <summary>transforms.Resize(size): the shorter side to <c>size</c>, bilinear with antialiasing.</summary>
 public sealed class Resize(int size) : ImageTransform
 {
     public override void Apply(Image<Rgb24> image, Random random) => Transforms.Resize(image, size);
+
+    public override bool IsRandom => false;
 }
 
 /// <summary>transforms.CenterCrop(size).</summary>
 public sealed class CenterCrop(int size) : ImageTransform
 {
     public override void Apply(Image<Rgb24> image, Random random) => Transforms.CenterCrop(image, size);
+
+    public override bool IsRandom => false;
 }
 
 /// <summary>transforms.Grayscale(3): PIL's "L" conversion (ITU-R 601-2 luma, PIL's integer rounding), repeated in R, G and B.</summary>
 public sealed class Grayscale : ImageTransform
 {
+    public override bool IsRandom => false;
+
     public override void Apply(Image<Rgb24> image, Random random)
     {
         image.ProcessPixelRows(rows =>
@@ -136,6 +149,9 @@ public sealed class Compose
 
     /// <summary>Floats of one output tensor: 3 x Height x Width.</summary>
     public int OutputSize => 3 * Height * Width;
+
+    /// <summary>The first step that may draw from the random source, or null when a file always gives the same tensor.</summary>
+    public ImageTransform? FirstRandomStep => Array.Find(_steps, step => step.IsRandom);
 
     public void Apply(string path, Span<float> destination, Random random)
     {

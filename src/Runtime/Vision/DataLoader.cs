@@ -40,7 +40,8 @@ public sealed class Batch
 public sealed class DataLoader
 {
     public DataLoader(ImageFolder dataset, Compose transform, int batchSize, bool shuffle = false, int seed = 0,
-        bool dropLast = false, int workers = 0, int prefetch = 2, bool skipBadImages = false, int rank = 0, int worldSize = 1)
+        bool dropLast = false, int workers = 0, int prefetch = 2, bool skipBadImages = false, int rank = 0, int worldSize = 1,
+        bool cache = false)
     {
         if (worldSize < 1) throw new ArgumentOutOfRangeException(nameof(worldSize), worldSize, "the world size must be >= 1");
         if (rank < 0 || rank >= worldSize) throw new ArgumentOutOfRangeException(nameof(rank), rank, $"the rank must lie in [0, {worldSize})");
@@ -59,9 +60,29 @@ public sealed class DataLoader
         SkipBadImages = skipBadImages;
         _pool = new Batch[prefetch + 1];
         for (int i = 0; i < _pool.Length; i++) _pool[i] = new Batch(batchSize, transform.OutputSize);
+        if (cache)
+        {
+            var random = transform.FirstRandomStep;
+            if (random is not null)
+                throw new ArgumentException($"cache keeps each image's tensor from the first time it is read, so it needs a transform without randomness; {random.GetType().Name} draws from the random source", nameof(cache));
+            long floats = (long)dataset.Count * transform.OutputSize;
+            if (floats > Array.MaxLength)
+                throw new ArgumentException($"cache would hold {dataset.Count} images of {transform.OutputSize} floats, more than one array holds", nameof(cache));
+            _cache = new float[floats];
+            _cached = new bool[dataset.Count];
+        }
     }
 
     private readonly Batch[] _pool;
+    // With cache: every image's tensor once it has been read, and which are there.
+    private readonly float[]? _cache;
+    private readonly bool[]? _cached;
+
+    /// <summary>
+    /// Whether each image's transformed tensor is kept after it is first read (for data sets that fit in memory and
+    /// transforms without randomness): from the second epoch on no file is opened.
+    /// </summary>
+    public bool Cache => _cache is not null;
     private int _skipped;
 
     public ImageFolder Dataset { get; }
@@ -203,12 +224,25 @@ public sealed class DataLoader
             indices[i] = index;
             var (path, label) = Dataset.Samples[index];
             // Each image's randomness depends on (seed, epoch, position) only: the same seed gives the same augmentations.
+            var destination = batch.InputBuffer.AsSpan(i * size, size);
+            if (_cached is not null && Volatile.Read(ref _cached[index]))
+            {
+                _cache!.AsSpan((int)((long)index * size), size).CopyTo(destination);
+                batch.LabelBuffer[i] = label;
+                ok[i] = true;
+                return;
+            }
             var rng = new Random(SeedOf(Seed, epoch, batchIndex, i));
             try
             {
-                Transform.Apply(path, batch.InputBuffer.AsSpan(i * size, size), rng);
+                Transform.Apply(path, destination, rng);
                 batch.LabelBuffer[i] = label;
                 ok[i] = true;
+                if (_cached is not null)
+                {
+                    destination.CopyTo(_cache!.AsSpan((int)((long)index * size), size));
+                    Volatile.Write(ref _cached[index], true);
+                }
             }
             catch (ImageFileException e)
             {
