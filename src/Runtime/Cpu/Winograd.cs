@@ -38,7 +38,7 @@ internal static unsafe class Winograd
     /// <summary>Tests only: the direct convolution everywhere (to compare a network both ways in one process).</summary>
     internal static volatile bool Off;
 
-    /// <summary>Tests only: F(2x2, 3x3) everywhere Winograd is used.</summary>
+    /// <summary>Tests and `--ab-tiles` only: F(2x2, 3x3) everywhere Winograd is used.</summary>
     internal static volatile bool SmallTilesOnly;
 
     /// <summary>The tile of a Winograd convolution: outputs per side (2 or 4); the input tile is 2 more.</summary>
