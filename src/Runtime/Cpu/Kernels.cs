@@ -258,11 +258,11 @@ internal static unsafe class Kernels
     private static readonly Vector512<int> s_oddLanes = Vector512.Create(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
 
     /// <summary>
-    /// The 3x3 stride-2 pad-1 max pool (ResNet's stem) of output row <paramref name="oy"/>, 16 outputs at a time from
-    /// output 1 on (output 0's window starts in the padding), while every window lies inside the row; returns the
-    /// first output it left to <see cref="WindowArgMax"/> (output 0 it takes from there itself). Each maximum takes the earlier operand on ties
-    /// (Max(later, earlier)), so the result is the window's first maximum in scan order, as the scalar path; from
-    /// the first 16 outputs whose windows hold a NaN on, the row is left to the scalar path (it returns the first NaN, as
+    /// The 3x3 stride-2 pad-1 max pool (ResNet's stem) of output row <paramref name="oy"/>: output 0 (its window starts
+    /// in the padding) by <see cref="WindowArgMax"/>, then 16 outputs at a time while every window lies inside the row;
+    /// returns the first output left to the scalar path. Each maximum takes the earlier operand on ties
+    /// (Max(later, earlier)), so the result is the window's first maximum in scan order, as the scalar path's; from the
+    /// first 16 outputs whose windows hold a NaN on, the row is left to the scalar path (it returns the first NaN, as
     /// PyTorch).
     /// </summary>
     private static int MaxPoolRow3x3s2(float* plane, float* y, int h, int w, int ow, int oy)
