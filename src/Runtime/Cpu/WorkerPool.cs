@@ -101,13 +101,32 @@ internal sealed unsafe class WorkerPool
                 if (Volatile.Read(ref _sleeping[i]) != 0)
                     lock (_wake[i]) Monitor.Pulse(_wake[i]);
             Execute(generation);
-            var spin = new SpinWait();
-            while (Volatile.Read(ref _done) != count) spin.SpinOnce(-1);
+            WaitForItems(count);
             _fn = null;
             _context = null;
             _objectFn = null;
             _state = null;
             _error?.Throw();
+        }
+    }
+
+    /// <summary>How long the caller waits for workers' items without ever sleeping.</summary>
+    private static readonly long PatientTicks = Stopwatch.Frequency / 100; // 10 ms
+
+    /// <summary>
+    /// Waits until <paramref name="count"/> items are done. The last items of a job take microseconds to a few
+    /// milliseconds, so the caller spins and yields without sleeping, for at most 10 ms; after that it also sleeps
+    /// (1 ms at a time), so that a wait that lasts (a worker descheduled, or waiting on the runtime, e.g. for a
+    /// collection that needs this thread to stop) never becomes a busy loop that holds up the rest of the process.
+    /// </summary>
+    private void WaitForItems(int count)
+    {
+        var spin = new SpinWait();
+        long patientUntil = Stopwatch.GetTimestamp() + PatientTicks;
+        while (Volatile.Read(ref _done) != count)
+        {
+            if (Stopwatch.GetTimestamp() < patientUntil) spin.SpinOnce(-1);
+            else Thread.Sleep(1);
         }
     }
 
