@@ -138,6 +138,14 @@ namespace Unrolled.GpuCheck
             }
         }
 
+        /// <summary>The same tiny network on the CPU, from the same weights file, to compare the GPU with.</summary>
+        private static IResNet OnCpu(string name, Func<IResNet> onCpu, string dir)
+        {
+            var cpu = onCpu();
+            cpu.LoadWeights(Path.Combine(dir, name + ".safetensors"));
+            return cpu;
+        }
+
         private static IResNet? LoadTiny(string name, Func<IResNet> onGpu, string dir, out Dictionary<string, float[]> io)
         {
             string weightsPath = Path.Combine(dir, name + ".safetensors"), ioPath = Path.Combine(dir, name + "_io.safetensors");
@@ -267,8 +275,7 @@ namespace Unrolled.GpuCheck
         {
             var gpu = LoadTiny(name, onGpu, dir, out var io);
             if (gpu is null) return 1;
-            var cpu = onCpu();
-            cpu.LoadWeights(Path.Combine(dir, name + ".safetensors"));
+            var cpu = OnCpu(name, onCpu, dir);
             cpu.Train();
             var before = new Dictionary<string, float[]>();
             foreach (string key in gpu.StateKeys) before[key] = gpu.GetTensor(key);
@@ -371,8 +378,7 @@ namespace Unrolled.GpuCheck
         {
             var gpu = LoadTiny(name, onGpu, dir, out var io);
             if (gpu is null) return 1;
-            var cpu = onCpu();
-            cpu.LoadWeights(Path.Combine(dir, name + ".safetensors"));
+            var cpu = OnCpu(name, onCpu, dir);
             var gpuLogits = new float[io["logits_eval"].Length];
             var cpuLogits = new float[gpuLogits.Length];
             gpu.Eval();

@@ -252,15 +252,7 @@ internal static unsafe class Winograd
         int positions = j.Positions;
         float* v = t_v.Get((long)positions * j.Cin * Gemm.NR);
         float* m = t_m.Get((long)positions * j.Cout * Gemm.NR + Lanes); // a vector may read past the last lane
-        // The chunk's tiles, as runs along tile rows.
-        for (int done = 0; done < count;)
-        {
-            int t = first + done;
-            int row = t / j.TilesX, tx = t % j.TilesX, length = Math.Min(count - done, j.TilesX - tx);
-            if (j.Large) TransformInput4(ref j, row / j.TilesY, row % j.TilesY, tx, length, v + done);
-            else TransformInput(ref j, row / j.TilesY, row % j.TilesY, tx, length, v + done);
-            done += length;
-        }
+        TransformRuns(ref j, first, count, v, output: false);
         if (count < Gemm.NR)
             for (int xi = 0; xi < positions; xi++)
                 for (int c = 0; c < j.Cin; c++) new Span<float>(v + ((long)xi * j.Cin + c) * Gemm.NR + count, Gemm.NR - count).Clear();
@@ -276,12 +268,28 @@ internal static unsafe class Winograd
                     Math.Min(height, j.Cout - m0), Gemm.NR, null, null, null, false);
             }
         }
+        TransformRuns(ref j, first, count, m, output: true);
+    }
+
+    /// <summary>
+    /// The input (into <paramref name="lanes"/>, the chunk's V) or output (from it, the chunk's M) transform of tiles
+    /// [first, first + count), as runs along tile rows; tile first + i is lane i.
+    /// </summary>
+    private static void TransformRuns(ref Job j, int first, int count, float* lanes, bool output)
+    {
         for (int done = 0; done < count;)
         {
             int t = first + done;
             int row = t / j.TilesX, tx = t % j.TilesX, length = Math.Min(count - done, j.TilesX - tx);
-            if (j.Large) TransformOutput4(ref j, row / j.TilesY, row % j.TilesY, tx, length, m + done);
-            else TransformOutput(ref j, row / j.TilesY, row % j.TilesY, tx, length, m + done);
+            int n = row / j.TilesY, ty = row % j.TilesY;
+            float* at = lanes + done;
+            if (output)
+            {
+                if (j.Large) TransformOutput4(ref j, n, ty, tx, length, at);
+                else TransformOutput(ref j, n, ty, tx, length, at);
+            }
+            else if (j.Large) TransformInput4(ref j, n, ty, tx, length, at);
+            else TransformInput(ref j, n, ty, tx, length, at);
             done += length;
         }
     }
