@@ -157,15 +157,18 @@ internal static unsafe class Conv
     {
         int hw = j.H * j.W;
         long imageStride = (long)j.Cin * hw;
-        if (j.Kernel == 1 && j.Stride == 1 && j.Pad == 0 && j.Batch == 1)
+        if (j.Kernel == 1 && j.Stride == 1 && j.Pad == 0)
         {
-            // 1x1 stride 1: the columns are contiguous runs of the input planes.
-            for (int c = 0; c < j.Cin; c++)
+            // 1x1 stride 1: the columns are contiguous runs of the input planes, one run per image the panel touches.
+            for (int t = 0; t < cols;)
             {
-                float* dst = panel + (long)c * Gemm.NR;
-                Gemm.Copy(j.X + (long)c * hw + n0, dst, cols);
-                if (cols < Gemm.NR) new Span<float>(dst + cols, Gemm.NR - cols).Clear();
+                int q = n0 + t, p = q % hw, length = Math.Min(cols - t, hw - p);
+                float* src = j.X + q / hw * imageStride + p;
+                for (int c = 0; c < j.Cin; c++) Gemm.Copy(src + (long)c * hw, panel + (long)c * Gemm.NR + t, length);
+                t += length;
             }
+            if (cols < Gemm.NR)
+                for (int c = 0; c < j.Cin; c++) new Span<float>(panel + (long)c * Gemm.NR + cols, Gemm.NR - cols).Clear();
             return;
         }
 
