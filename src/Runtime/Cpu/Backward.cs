@@ -47,6 +47,120 @@ internal static unsafe class Backward
         Gemm.MultiplyPackedB(Gemm.Operand.Strided(a, q, 1), cout, q, panels, k, dw, k, accumulate: true);
     }
 
+    /// <summary>
+    /// Whether <see cref="ConvFilterPlanes"/> computes this convolution's filter gradient: 3x3, stride 1, padding 1.
+    /// </summary>
+    public static bool PlanesApply(int kernel, int stride, int pad) => kernel == 3 && stride == 1 && pad == 1;
+
+    /// <summary>Floats of <see cref="ConvFilterPlanes"/>'s scratch.</summary>
+    public static long PlanesFloats(int cin, int h, int w, int cout)
+    {
+        int wp = w + 2;
+        long rows = (long)(h + 2) * wp + 2;
+        return (cin + Gemm.NR - 1) / Gemm.NR * rows * Gemm.NR + 9L * cout * cin + (long)cout * h * wp;
+    }
+
+    private struct PlanesFilterJob
+    {
+        public float* Panels, Rows, Taps, Dw;
+        public int Cin, Cout, Wp, Kp, RowPanels, ColumnPanels;
+        public long PanelStride;
+    }
+
+    /// <summary>
+    /// The filter gradient of a 3x3 stride-1 convolution with padding 1 over the whole batch, without the nine-fold
+    /// im2col: dW[o, c, ky, kx] += sum over pixels of gz[o, p] x[c, p + (ky - 1, kx - 1)]. Each image's input is
+    /// packed once, transposed and zero-padded, as the panels of a plane of (H + 2) x (W + 2) pixels; gz is copied into
+    /// rows of W + 2 pixels whose last two are zero. In those coordinates tap (ky, kx) is a constant shift of
+    /// ky * (W + 2) + kx pixels, so each tap's product is a GEMM over the same panels, read from that row on (the two
+    /// extra pixels of each gz row meet the wrapped-around neighbours with zero). The nine products accumulate, image
+    /// after image, in [9][Cout][Cin] and are added into dW at the end (an infinite input can make a NaN there where the
+    /// im2col path makes an infinity: non-finite either way, which the optimizer refuses). <paramref name="scratch"/> holds
+    /// <see cref="PlanesFloats"/> floats.
+    /// </summary>
+    public static void ConvFilterPlanes(float* x, float* gz, float* dw, float* scratch, int batch, int cin, int h, int w, int cout)
+    {
+        int wp = w + 2, kp = h * wp, columnPanels = (cin + Gemm.NR - 1) / Gemm.NR;
+        long rows = (long)(h + 2) * wp + 2;
+        float* panels = scratch;
+        float* taps = panels + columnPanels * rows * Gemm.NR;
+        float* gzRows = taps + 9L * cout * cin;
+        new Span<float>(taps, 9 * cout * cin).Clear();
+        // The two pixels past the padded plane, which only the last row's wrapped-around neighbours read.
+        for (int panel = 0; panel < columnPanels; panel++) new Span<float>(panels + (panel * rows + rows - 2) * Gemm.NR, 2 * Gemm.NR).Clear();
+        // The input as a 1x1 convolution with padding 1 sees it: its output pixels are the padded plane's.
+        var pack = new FilterJob
+        {
+            Panels = panels, Batch = 1, Cin = cin, H = h, W = w, OH = h + 2, OW = wp,
+            Kernel = 1, Stride = 1, Pad = 1, K = cin, Q = (int)rows,
+        };
+        var job = new PlanesFilterJob
+        {
+            Panels = panels, Rows = gzRows, Taps = taps, Dw = dw, Cin = cin, Cout = cout, Wp = wp, Kp = kp,
+            RowPanels = Gemm.RowPanelCount(cout), ColumnPanels = columnPanels, PanelStride = rows * Gemm.NR,
+        };
+        var copy = new PadJob { To = gzRows, Rows = h, Width = w };
+        for (int n = 0; n < batch; n++)
+        {
+            pack.X = x + (long)n * cin * h * w;
+            WorkerPool.Shared.Run(&PackFilterPanel, &pack, columnPanels);
+            copy.From = gz + (long)n * cout * h * w;
+            WorkerPool.Shared.Run(&PadRows, &copy, cout);
+            WorkerPool.Shared.Run(&PlanesTile, &job, 9 * columnPanels);
+        }
+        WorkerPool.Shared.Run(&AddTaps, &job, cout);
+    }
+
+    private struct PadJob
+    {
+        public float* From, To;
+        public int Rows, Width;
+    }
+
+    /// <summary>Plane m of gz (Rows rows of Width pixels) into rows of Width + 2 pixels, the last two zero.</summary>
+    private static void PadRows(void* context, int m)
+    {
+        ref PadJob j = ref Unsafe.AsRef<PadJob>(context);
+        int w = j.Width, rows = j.Rows;
+        float* src = j.From + (long)m * rows * w;
+        float* dst = j.To + (long)m * rows * (w + 2);
+        for (int r = 0; r < rows; r++, src += w, dst += w + 2)
+        {
+            new ReadOnlySpan<float>(src, w).CopyTo(new Span<float>(dst, w));
+            dst[w] = 0f;
+            dst[w + 1] = 0f;
+        }
+    }
+
+    /// <summary>Item (tap, column panel): that column panel of the tap's product, accumulated.</summary>
+    private static void PlanesTile(void* context, int item)
+    {
+        ref PlanesFilterJob j = ref Unsafe.AsRef<PlanesFilterJob>(context);
+        int panel = item % j.ColumnPanels, tap = item / j.ColumnPanels;
+        int shift = tap / 3 * j.Wp + tap % 3, n0 = panel * Gemm.NR;
+        float* b = j.Panels + panel * j.PanelStride + (long)shift * Gemm.NR;
+        for (int rp = 0; rp < j.RowPanels; rp++)
+        {
+            int m0 = Gemm.PanelStart(j.Cout, rp), height = Gemm.PanelHeight(j.Cout, rp);
+            float* c = j.Taps + ((long)tap * j.Cout + m0) * j.Cin + n0;
+            Gemm.Tile(j.Kp, j.Rows + (long)m0 * j.Kp, Gemm.Layout.RowMajor(j.Kp), b, c, j.Cin,
+                Math.Min(height, j.Cout - m0), Math.Min(Gemm.NR, j.Cin - n0), null, null, c, false);
+        }
+    }
+
+    /// <summary>Row o of dW [Cout x Cin*9] += the taps' [9][Cout][Cin] products.</summary>
+    private static void AddTaps(void* context, int o)
+    {
+        ref PlanesFilterJob j = ref Unsafe.AsRef<PlanesFilterJob>(context);
+        int cin = j.Cin;
+        float* row = j.Dw + (long)o * cin * 9;
+        for (int tap = 0; tap < 9; tap++)
+        {
+            float* src = j.Taps + ((long)tap * j.Cout + o) * cin;
+            for (int ch = 0; ch < cin; ch++) row[ch * 9 + tap] += src[ch];
+        }
+    }
+
     /// <summary>Floats of the column panels of cols^T for <paramref name="q"/> pixels and K = <paramref name="k"/>.</summary>
     public static long FilterPanelFloats(long q, int k) => q * ((k + Gemm.NR - 1) / Gemm.NR * Gemm.NR);
 

@@ -46,6 +46,8 @@ public unsafe class GradientCheckTests
     [InlineData(1, 4, 5, 41, 2, 3, 2, 1)]  // the same at stride 2 (rows of 21 outputs)
     [InlineData(1, 33, 2, 17, 2, 1, 1, 0)] // 1x1: one whole panel of 32 channels and one of 1
     [InlineData(1, 32, 4, 18, 3, 3, 1, 1)] // K = 288: nine whole panels
+    [InlineData(2, 64, 17, 16, 13, 3, 1, 1)] // padded rows of 18: the 16-pixel pack and its tail; two whole channel panels, 12 + 1 rows
+    [InlineData(3, 40, 6, 3, 9, 3, 1, 1)]  // padded rows of 5 (the scalar pack), a part-filled channel panel
     public void ConvolutionDataAndFilterGradients(int batch, int cin, int h, int w, int cout, int k, int stride, int pad)
     {
         var rng = new Random(cin * 100 + k);
@@ -87,6 +89,20 @@ public unsafe class GradientCheckTests
         }
         Check(weight, dwFolded, Forward, 0.25f, 1e-4, "dW (batch folded)");
         Check(x, dxFolded, Forward, 0.25f, 1e-4, "dx (batch folded)");
+
+        // 3x3 stride 1 padding 1: the filter gradient over padded planes, nine shifted GEMMs (what larger maps use).
+        if (Backward.PlanesApply(k, stride, pad))
+        {
+            var dwPlanes = new float[weight.Length];
+            var scratch = new float[Backward.PlanesFloats(cin, h, w, cout)];
+            // NaN where nothing may read: the scratch's stale contents must not leak into the gradient.
+            scratch.AsSpan().Fill(float.NaN);
+            fixed (float* px = x, pr = r, pdw = dwPlanes, ps = scratch)
+                Backward.ConvFilterPlanes(px, pr, pdw, ps, batch, cin, h, w, cout);
+            Check(weight, dwPlanes, Forward, 0.25f, 1e-4, "dW (padded planes)");
+            for (int i = 0; i < dw.Length; i++)
+                Assert.True(Math.Abs(dwPlanes[i] - dw[i]) <= 1e-4f * (1 + Math.Abs(dw[i])), $"dW (padded planes)[{i}]: {dwPlanes[i]} against {dw[i]} per image");
+        }
     }
 
     [Theory]
