@@ -48,6 +48,40 @@ internal static unsafe class Backward
     }
 
     /// <summary>
+    /// Whether <see cref="ConvFilterPointwise"/> computes this convolution's filter gradient: 1x1, stride 1, unpadded,
+    /// with more input than output channels.
+    /// </summary>
+    public static bool PointwiseApplies(int kernel, int stride, int pad, int cin, int cout) => kernel == 1 && stride == 1 && pad == 0 && cin > cout;
+
+    /// <summary>Floats of <see cref="ConvFilterPointwise"/>'s scratch.</summary>
+    public static long PointwiseFloats(int cin, int hw, int cout) => FilterPanelFloats(hw, cout) + (long)cin * cout;
+
+    /// <summary>
+    /// The filter gradient of a 1x1 stride-1 convolution with more input than output channels, over the batch, as
+    /// its transpose: dW^T [Cin x Cout] = sum over images of x [Cin x HW] . gz^T, so that the smaller operand, gz, is
+    /// the one transposed into panels and x is read in place; then dW += (dW^T)^T. <paramref name="scratch"/> holds
+    /// <see cref="PointwiseFloats"/> floats.
+    /// </summary>
+    public static void ConvFilterPointwise(float* x, float* gz, float* dw, float* scratch, int batch, int cin, int hw, int cout)
+    {
+        float* panels = scratch;
+        float* transposed = scratch + FilterPanelFloats(hw, cout);
+        new Span<float>(transposed, cin * cout).Clear();
+        for (int n = 0; n < batch; n++)
+            ConvFilter(gz + (long)n * cout * hw, x + (long)n * cin * hw, transposed, panels, cout, 1, hw, cin, 1, hw, 1, 1, 0);
+        var job = new PlanesFilterJob { Taps = transposed, Dw = dw, Cin = cin, Cout = cout };
+        WorkerPool.Shared.Run(&AddTransposed, &job, cout);
+    }
+
+    /// <summary>Row o of dW [Cout x Cin] += column o of dW^T [Cin x Cout].</summary>
+    private static void AddTransposed(void* context, int o)
+    {
+        ref PlanesFilterJob j = ref Unsafe.AsRef<PlanesFilterJob>(context);
+        float* row = j.Dw + (long)o * j.Cin;
+        for (int c = 0; c < j.Cin; c++) row[c] += j.Taps[(long)c * j.Cout + o];
+    }
+
+    /// <summary>
     /// Whether <see cref="ConvFilterPlanes"/> computes this convolution's filter gradient: 3x3, stride 1, padding 1.
     /// </summary>
     public static bool PlanesApply(int kernel, int stride, int pad) => kernel == 3 && stride == 1 && pad == 1;

@@ -701,7 +701,9 @@ public sealed unsafe class NetworkState
         bool planes = !fold && Cpu.Backward.PlanesApply(kernel, stride, pad);
         // Scratch grows during the first step only: the column panels of the filter gradient (K padded to the panel
         // width) or the padded planes, then the data gradient's columns.
+        bool pointwise = !fold && Cpu.Backward.PointwiseApplies(kernel, stride, pad, cin, cout);
         long scratch = planes ? Math.Max(Cpu.Backward.PlanesFloats(cin, h, w, cout), gx.IsEmpty ? 0 : (long)c.K * hw)
+            : pointwise ? Cpu.Backward.PointwiseFloats(cin, hw, cout)
             : Cpu.Backward.FilterPanelFloats(columns, c.K);
         if (_columns.Length < scratch) _columns = new float[scratch];
         if (fold && _gradientRows.Length < cout * columns) _gradientRows = new float[cout * columns];
@@ -719,6 +721,13 @@ public sealed unsafe class NetworkState
             {
                 Cpu.Backward.ConvFilterPlanes(px, pg, pgrads + c.Weight, pcols, batch, cin, h, w, cout);
                 if (!gx.IsEmpty && !winograd)
+                    for (int n = 0; n < batch; n++)
+                        Cpu.Backward.ConvData(pg + (long)n * cout * hw, pvalues + c.Weight, pgx + (long)n * cin * h * w, pcols, cin, h, w, cout, oh, ow, kernel, stride, pad);
+            }
+            else if (pointwise)
+            {
+                Cpu.Backward.ConvFilterPointwise(px, pg, pgrads + c.Weight, pcols, batch, cin, hw, cout);
+                if (!gx.IsEmpty)
                     for (int n = 0; n < batch; n++)
                         Cpu.Backward.ConvData(pg + (long)n * cout * hw, pvalues + c.Weight, pgx + (long)n * cin * h * w, pcols, cin, h, w, cout, oh, ow, kernel, stride, pad);
             }

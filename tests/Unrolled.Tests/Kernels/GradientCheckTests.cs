@@ -45,8 +45,9 @@ public unsafe class GradientCheckTests
     [InlineData(2, 4, 5, 35, 3, 3, 1, 1)]  // K = 36, rows of 35: the filter panel's 16-pixel path, its padding and tail
     [InlineData(1, 4, 5, 41, 2, 3, 2, 1)]  // the same at stride 2 (rows of 21 outputs)
     [InlineData(1, 33, 2, 17, 2, 1, 1, 0)] // 1x1: one whole panel of 32 channels and one of 1
+    [InlineData(3, 70, 3, 11, 40, 1, 1, 0)] // 1x1, more channels in than out: 40 output channels as one whole panel and a part
     [InlineData(1, 32, 4, 18, 3, 3, 1, 1)] // K = 288: nine whole panels
-    [InlineData(2, 64, 17, 16, 13, 3, 1, 1)] // padded rows of 18: the 16-pixel pack and its tail; two whole channel panels, 12 + 1 rows
+    [InlineData(2, 64, 3, 16, 13, 3, 1, 1)] // padded rows of 18: the 16-pixel pack and its tail; two whole channel panels, 12 + 1 rows
     [InlineData(3, 40, 6, 3, 9, 3, 1, 1)]  // padded rows of 5 (the scalar pack), a part-filled channel panel
     public void ConvolutionDataAndFilterGradients(int batch, int cin, int h, int w, int cout, int k, int stride, int pad)
     {
@@ -89,6 +90,19 @@ public unsafe class GradientCheckTests
         }
         Check(weight, dwFolded, Forward, 0.25f, 1e-4, "dW (batch folded)");
         Check(x, dxFolded, Forward, 0.25f, 1e-4, "dx (batch folded)");
+
+        // 1x1 with more input than output channels: the filter gradient as its transpose (gz packed, x in place).
+        if (Backward.PointwiseApplies(k, stride, pad, cin, cout))
+        {
+            var dwPointwise = new float[weight.Length];
+            var scratch = new float[Backward.PointwiseFloats(cin, hw, cout)];
+            scratch.AsSpan().Fill(float.NaN);
+            fixed (float* px = x, pr = r, pdw = dwPointwise, ps = scratch)
+                Backward.ConvFilterPointwise(px, pr, pdw, ps, batch, cin, hw, cout);
+            Check(weight, dwPointwise, Forward, 0.25f, 1e-4, "dW (transposed)");
+            for (int i = 0; i < dw.Length; i++)
+                Assert.True(Math.Abs(dwPointwise[i] - dw[i]) <= 1e-4f * (1 + Math.Abs(dw[i])), $"dW (transposed)[{i}]: {dwPointwise[i]} against {dw[i]} per image");
+        }
 
         // 3x3 stride 1 padding 1: the filter gradient over padded planes, nine shifted GEMMs (what larger maps use).
         if (Backward.PlanesApply(k, stride, pad))
