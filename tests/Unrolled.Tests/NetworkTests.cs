@@ -49,6 +49,59 @@ public class NetworkTests(ITestOutputHelper output)
         Assert.True(error <= 1e-4, $"relative error {error:E3}");
     }
 
+    /// <summary>
+    /// The filter gradients that larger maps take through their own kernels (3x3 stride 1 over padded planes; 1x1
+    /// with more input than output channels as the transpose), checked through the whole network against central
+    /// differences of its loss: at 72x88, layer1's maps have 18x22 pixels, more than are folded into one GEMM.
+    /// Eval mode, so that each image's loss depends on its own input only and the differences are smooth.
+    /// </summary>
+    [Theory]
+    [InlineData("layer1.0.conv2.weight")] // 3x3 stride 1, 4 -> 4 channels (BaseWidth 4 narrows every layer 16-fold)
+    [InlineData("layer1.1.conv2.weight")]
+    [InlineData("layer1.1.conv1.weight")] // 1x1, 16 -> 4 channels: the transposed filter gradient
+    [InlineData("layer1.0.conv3.weight")] // 1x1, 4 -> 16 channels: the direct one, for comparison
+    public void LargeMapFilterGradientsMatchFiniteDifferences(string key)
+    {
+        IResNet net = new Bottleneck72x88();
+        RandomizeBatchNorm(net, 50);
+        net.Eval();
+        const int batch = 2;
+        var input = Naive.RandomFloats(new Random(11), batch * 3 * 72 * 88);
+        var labels = new[] { 1, 3 };
+        var logits = new float[batch * net.OutputSize];
+        net.ZeroGrad();
+        net.ForwardBackward(input, labels, logits);
+        var gradient = net.GetGradient(key);
+        var weights = net.GetTensor(key);
+        double largest = gradient.Max(v => Math.Abs((double)v));
+        Assert.True(largest > 0, $"{key}: the gradient is zero everywhere");
+
+        var rng = new Random(key.Length);
+        float Loss()
+        {
+            net.ZeroGrad();
+            return net.ForwardBackward(input, labels, logits);
+        }
+        // The largest entries, where a difference stands out of the float32 loss's rounding, and a few at random.
+        var indices = Enumerable.Range(0, gradient.Length).OrderByDescending(i => Math.Abs(gradient[i])).Take(4)
+            .Concat(Enumerable.Range(0, 4).Select(_ => rng.Next(gradient.Length))).ToArray();
+        foreach (int i in indices)
+        {
+            const float eps = 1e-4f;
+            var probe = (float[])weights.Clone();
+            probe[i] = weights[i] + eps;
+            net.SetTensor(key, probe);
+            double up = Loss();
+            probe[i] = weights[i] - eps;
+            net.SetTensor(key, probe);
+            double down = Loss();
+            net.SetTensor(key, weights);
+            double numeric = (up - down) / (2 * eps);
+            Assert.True(Math.Abs(numeric - gradient[i]) <= 0.05 * Math.Abs(gradient[i]) + 0.02 * largest,
+                $"{key}[{i}]: analytic {gradient[i]:G6}, finite difference {numeric:G6} (largest |gradient| {largest:G3})");
+        }
+    }
+
     [Theory]
     [InlineData("tiny18")]
     [InlineData("tiny50")]
