@@ -69,7 +69,7 @@ internal static unsafe class Backward
         new Span<float>(transposed, cin * cout).Clear();
         for (int n = 0; n < batch; n++)
             ConvFilter(gz + (long)n * cout * hw, x + (long)n * cin * hw, transposed, panels, cout, 1, hw, cin, 1, hw, 1, 1, 0);
-        var job = new PlanesFilterJob { Taps = transposed, Dw = dw, Cin = cin, Cout = cout };
+        var job = new PlanesFilterJob { Taps = transposed, Dw = dw, Cin = cin, Cout = cout }; // one "tap": dW^T
         WorkerPool.Shared.Run(&AddTransposed, &job, cout);
     }
 

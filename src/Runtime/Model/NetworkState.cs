@@ -695,16 +695,16 @@ public sealed unsafe class NetworkState
         int hw = oh * ow;
         bool fold = batch > 1 && hw <= Cpu.Conv.FoldBelow;
         long columns = fold ? (long)batch * hw : hw;
-        // 3x3 stride-1 filter gradients of the larger maps over padded planes (no nine-fold im2col). Not for the
-        // folded small maps: there each image's nine products would pass through memory (at 14x14 and batch 16:
-        // 159 against 134 ms per training step).
+        // The filter gradient of the larger (unfolded) maps: 3x3 stride 1 over padded planes (no nine-fold im2col);
+        // 1x1 with more input than output channels as its transpose. Not for the folded small maps: there each image's
+        // nine products would pass through memory (at 14x14 and batch 16: 159 against 134 ms per training step).
         bool planes = !fold && Cpu.Backward.PlanesApply(kernel, stride, pad);
-        // Scratch grows during the first step only: the column panels of the filter gradient (K padded to the panel
-        // width) or the padded planes, then the data gradient's columns.
         bool pointwise = !fold && Cpu.Backward.PointwiseApplies(kernel, stride, pad, cin, cout);
-        long scratch = planes ? Math.Max(Cpu.Backward.PlanesFloats(cin, h, w, cout), gx.IsEmpty ? 0 : (long)c.K * hw)
-            : pointwise ? Cpu.Backward.PointwiseFloats(cin, hw, cout)
-            : Cpu.Backward.FilterPanelFloats(columns, c.K);
+        // Scratch grows during the first step only: the filter gradient's column panels (K padded to the panel
+        // width) or planes, then the data gradient's columns.
+        long scratch = Math.Max(
+            planes ? Cpu.Backward.PlanesFloats(cin, h, w, cout) : pointwise ? Cpu.Backward.PointwiseFloats(cin, hw, cout) : Cpu.Backward.FilterPanelFloats(columns, c.K),
+            gx.IsEmpty ? 0 : (long)c.K * columns);
         if (_columns.Length < scratch) _columns = new float[scratch];
         if (fold && _gradientRows.Length < cout * columns) _gradientRows = new float[cout * columns];
         fixed (float* px = x, pz = z, pa = a, pg = g, pgr = gResidual, pgx = gx, pvalues = ValueArray, pgrads = Gradients,
@@ -717,36 +717,20 @@ public sealed unsafe class NetworkState
             // transposed: Winograd where it pays, added to gx (gx as its own residual).
             var tiles = gx.IsEmpty ? Cpu.Winograd.Tiles.None : Cpu.Winograd.Choose(kernel, stride, pad, batch, cout, oh, ow, cin);
             bool winograd = tiles != Cpu.Winograd.Tiles.None;
-            if (planes)
-            {
-                Cpu.Backward.ConvFilterPlanes(px, pg, pgrads + c.Weight, pcols, batch, cin, h, w, cout);
-                if (!gx.IsEmpty && !winograd)
-                    for (int n = 0; n < batch; n++)
-                        Cpu.Backward.ConvData(pg + (long)n * cout * hw, pvalues + c.Weight, pgx + (long)n * cin * h * w, pcols, cin, h, w, cout, oh, ow, kernel, stride, pad);
-            }
-            else if (pointwise)
-            {
-                Cpu.Backward.ConvFilterPointwise(px, pg, pgrads + c.Weight, pcols, batch, cin, hw, cout);
-                if (!gx.IsEmpty)
-                    for (int n = 0; n < batch; n++)
-                        Cpu.Backward.ConvData(pg + (long)n * cout * hw, pvalues + c.Weight, pgx + (long)n * cin * h * w, pcols, cin, h, w, cout, oh, ow, kernel, stride, pad);
-            }
-            else if (fold)
-            {
-                Cpu.Backward.ConvFilterFolded(px, pg, pgrads + c.Weight, pcols, prows, batch, cin, h, w, cout, oh, ow, kernel, stride, pad);
-                if (!gx.IsEmpty && !winograd)
-                    Cpu.Backward.ConvDataFolded(pg, pvalues + c.Weight, pgx, pcols, prows, batch, cin, h, w, cout, oh, ow, kernel, stride, pad, gzGathered: true);
-            }
+            long inPerImage = (long)cin * h * w, outPerImage = (long)cout * hw;
+            if (planes) Cpu.Backward.ConvFilterPlanes(px, pg, pgrads + c.Weight, pcols, batch, cin, h, w, cout);
+            else if (pointwise) Cpu.Backward.ConvFilterPointwise(px, pg, pgrads + c.Weight, pcols, batch, cin, hw, cout);
+            else if (fold) Cpu.Backward.ConvFilterFolded(px, pg, pgrads + c.Weight, pcols, prows, batch, cin, h, w, cout, oh, ow, kernel, stride, pad);
             else
-            {
-                long inPerImage = (long)cin * h * w, outPerImage = (long)cout * hw;
                 for (int n = 0; n < batch; n++)
-                {
-                    Cpu.Backward.ConvFilter(px + n * inPerImage, pg + n * outPerImage, pgrads + c.Weight, pcols,
-                        cin, h, w, cout, oh, ow, kernel, stride, pad);
-                    if (!gx.IsEmpty && !winograd)
+                    Cpu.Backward.ConvFilter(px + n * inPerImage, pg + n * outPerImage, pgrads + c.Weight, pcols, cin, h, w, cout, oh, ow, kernel, stride, pad);
+            if (!gx.IsEmpty && !winograd)
+            {
+                // The folded filter gradient has gathered gz into rows already.
+                if (fold) Cpu.Backward.ConvDataFolded(pg, pvalues + c.Weight, pgx, pcols, prows, batch, cin, h, w, cout, oh, ow, kernel, stride, pad, gzGathered: true);
+                else
+                    for (int n = 0; n < batch; n++)
                         Cpu.Backward.ConvData(pg + n * outPerImage, pvalues + c.Weight, pgx + n * inPerImage, pcols, cin, h, w, cout, oh, ow, kernel, stride, pad);
-                }
             }
             if (winograd)
                 Cpu.Winograd.Forward(g, gx, gx, WinogradWeights(index, c, tiles, transposed: true), ReadOnlySpan<float>.Empty, ReadOnlySpan<float>.Empty,
