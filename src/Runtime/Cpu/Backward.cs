@@ -69,16 +69,23 @@ internal static unsafe class Backward
         new Span<float>(transposed, cin * cout).Clear();
         for (int n = 0; n < batch; n++)
             ConvFilter(gz + (long)n * cout * hw, x + (long)n * cin * hw, transposed, panels, cout, 1, hw, cin, 1, hw, 1, 1, 0);
-        var job = new PlanesFilterJob { Taps = transposed, Dw = dw, Cin = cin, Cout = cout }; // one "tap": dW^T
-        WorkerPool.Shared.Run(&AddTransposed, &job, cout);
+        var add = new AddJob { From = transposed, Dw = dw, Cin = cin, Cout = cout };
+        WorkerPool.Shared.Run(&AddTransposed, &add, cout);
     }
 
-    /// <summary>Row o of dW [Cout x Cin] += column o of dW^T [Cin x Cout].</summary>
+    /// <summary>A product to add into dW [Cout x ...], row by row (one item per output channel).</summary>
+    private struct AddJob
+    {
+        public float* From, Dw;
+        public int Cin, Cout;
+    }
+
+    /// <summary>Row o of dW [Cout x Cin] += column o of dW^T [Cin x Cout] (From).</summary>
     private static void AddTransposed(void* context, int o)
     {
-        ref PlanesFilterJob j = ref Unsafe.AsRef<PlanesFilterJob>(context);
+        ref AddJob j = ref Unsafe.AsRef<AddJob>(context);
         float* row = j.Dw + (long)o * j.Cin;
-        for (int c = 0; c < j.Cin; c++) row[c] += j.Taps[(long)c * j.Cout + o];
+        for (int c = 0; c < j.Cin; c++) row[c] += j.From[(long)c * j.Cout + o];
     }
 
     /// <summary>
@@ -96,7 +103,7 @@ internal static unsafe class Backward
 
     private struct PlanesFilterJob
     {
-        public float* Panels, Rows, Taps, Dw;
+        public float* Panels, Rows, Taps;
         public int Cin, Cout, Wp, Kp, RowPanels, ColumnPanels;
         public long PanelStride;
     }
@@ -130,7 +137,7 @@ internal static unsafe class Backward
         };
         var job = new PlanesFilterJob
         {
-            Panels = panels, Rows = gzRows, Taps = taps, Dw = dw, Cin = cin, Cout = cout, Wp = wp, Kp = kp,
+            Panels = panels, Rows = gzRows, Taps = taps, Cin = cin, Cout = cout, Wp = wp, Kp = kp,
             RowPanels = Gemm.RowPanelCount(cout), ColumnPanels = columnPanels, PanelStride = rows * Gemm.NR,
         };
         var copy = new PadJob { To = gzRows, Rows = h, Width = w };
@@ -142,7 +149,8 @@ internal static unsafe class Backward
             WorkerPool.Shared.Run(&PadRows, &copy, cout);
             WorkerPool.Shared.Run(&PlanesTile, &job, 9 * columnPanels);
         }
-        WorkerPool.Shared.Run(&AddTaps, &job, cout);
+        var add = new AddJob { From = taps, Dw = dw, Cin = cin, Cout = cout };
+        WorkerPool.Shared.Run(&AddTaps, &add, cout);
     }
 
     private struct PadJob
@@ -182,15 +190,15 @@ internal static unsafe class Backward
         }
     }
 
-    /// <summary>Row o of dW [Cout x Cin*9] += the taps' [9][Cout][Cin] products.</summary>
+    /// <summary>Row o of dW [Cout x Cin*9] += the taps' [9][Cout][Cin] products (From).</summary>
     private static void AddTaps(void* context, int o)
     {
-        ref PlanesFilterJob j = ref Unsafe.AsRef<PlanesFilterJob>(context);
+        ref AddJob j = ref Unsafe.AsRef<AddJob>(context);
         int cin = j.Cin;
         float* row = j.Dw + (long)o * cin * 9;
         for (int tap = 0; tap < 9; tap++)
         {
-            float* src = j.Taps + ((long)tap * j.Cout + o) * cin;
+            float* src = j.From + ((long)tap * j.Cout + o) * cin;
             for (int ch = 0; ch < cin; ch++) row[ch * 9 + tap] += src[ch];
         }
     }
