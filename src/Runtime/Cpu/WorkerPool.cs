@@ -44,7 +44,10 @@ internal sealed unsafe class WorkerPool
     // The job's generation (high 32 bits) and its next unclaimed item (low 32 bits): an item is claimed by a
     // compare-exchange that also checks the generation, so a worker that wakes late can never take an item of
     // a job other than the one it saw; and the caller waits for the items to be done, not for every worker to
-    // have looked (a worker the OS has not scheduled costs nothing).
+    // have looked (a worker the OS has not scheduled costs nothing). When a job is done its ticket is closed
+    // (next item int.MaxValue) before any field of the next job is written: a worker that read the last open
+    // ticket and was then descheduled must not pair it with the next job's larger count and claim items that
+    // never existed (see Execute).
     private long _ticket;
     private int _done;
     private int _generation;
@@ -102,6 +105,7 @@ internal sealed unsafe class WorkerPool
                     lock (_wake[i]) Monitor.Pulse(_wake[i]);
             Execute(generation);
             WaitForItems(count);
+            Interlocked.Exchange(ref _ticket, ((long)generation << 32) | int.MaxValue); // closed, fenced before the next job's fields
             _fn = null;
             _context = null;
             _objectFn = null;
@@ -134,6 +138,11 @@ internal sealed unsafe class WorkerPool
     /// Claims and runs items of job <paramref name="generation"/> until none is left: a few at a time when there are
     /// many (a plane per item of a 1x1 map is a few dozen floats; one claim each would cost more than the work).
     /// </summary>
+    /// <remarks>
+    /// The count is read after the ticket, so it is this job's or, if the job has ended meanwhile, a later job's.
+    /// A claim made with a later job's count cannot succeed: that count is written only after this job's ticket
+    /// was closed, so the compare-exchange, which still expects the open ticket, fails.
+    /// </remarks>
     private void Execute(int generation)
     {
         while (true)

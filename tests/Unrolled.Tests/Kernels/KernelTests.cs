@@ -318,4 +318,41 @@ public class WorkerPoolStartTests
             hold.Set();
         }
     }
+
+    private static unsafe void Hit(void* context, int item) => System.Threading.Interlocked.Increment(ref ((int*)context)[item]);
+
+    /// <summary>
+    /// Jobs of alternating sizes back to back, on more threads than cores, so that a worker can be descheduled between
+    /// any two of its instructions: every item of every job runs exactly once and every job returns. (A worker that
+    /// read a finished job's last ticket, then the next job's larger count before that job's ticket was published,
+    /// could once claim items that did not exist, run them under the next job's context, and count them into its
+    /// done items: the caller then waited forever. Found as a hang of the whole suite.)
+    /// </summary>
+    [Fact]
+    public unsafe void BackToBackJobsOfChangingSizeRunEveryItemExactlyOnce()
+    {
+        var pool = new Unrolled.Cpu.WorkerPool(2 * Environment.ProcessorCount + 1);
+        const int Jobs = 300_000, MaxItems = 48;
+        string? failure = null;
+        int finished = 0;
+        using var done = new System.Threading.ManualResetEventSlim();
+        var thread = new System.Threading.Thread(() =>
+        {
+            int* hits = stackalloc int[MaxItems];
+            for (int job = 0; job < Jobs && failure is null; job++)
+            {
+                int count = job % 3 == 0 ? MaxItems : 2 + job % 5;
+                new Span<int>(hits, MaxItems).Clear();
+                pool.Run(&Hit, hits, count);
+                for (int i = 0; i < MaxItems; i++)
+                    if (hits[i] != (i < count ? 1 : 0)) failure = $"job {job} of {count} items: item {i} ran {hits[i]} times";
+                finished = job + 1;
+            }
+            done.Set();
+        }) { IsBackground = true };
+        thread.Start();
+        Assert.True(done.Wait(TimeSpan.FromSeconds(60)), $"a job never returned, after {finished} jobs had");
+        Assert.Null(failure);
+        Assert.Equal(Jobs, finished);
+    }
 }
