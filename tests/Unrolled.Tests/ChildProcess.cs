@@ -2,6 +2,7 @@ using System;
 using System.Collections.Generic;
 using System.Diagnostics;
 using System.Text;
+using System.Threading;
 
 namespace Unrolled.Tests;
 
@@ -27,6 +28,10 @@ internal static class ChildProcess
             start.Environment.Remove("MSBuildSDKsPath");
             start.Environment["DOTNET_CLI_TELEMETRY_OPTOUT"] = "1";
             start.Environment["DOTNET_NOLOGO"] = "1";
+            // No build node may outlive a child build: one would inherit the output pipes and hold them open for
+            // its idle timeout.
+            start.Environment["MSBUILDDISABLENODEREUSE"] = "1";
+            start.Environment["DOTNET_CLI_USE_MSBUILD_SERVER"] = "0";
         }
         if (environment is not null)
             foreach (var (name, value) in environment) start.Environment[name] = value;
@@ -43,8 +48,11 @@ internal static class ChildProcess
         {
             var clock = Stopwatch.StartNew();
             var output = new StringBuilder();
-            process.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (output) output.AppendLine(e.Data); };
-            process.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (output) output.AppendLine(e.Data); };
+            // Each stream's reader reports its end with Data == null.
+            using var outputEnded = new ManualResetEventSlim();
+            using var errorEnded = new ManualResetEventSlim();
+            process.OutputDataReceived += (_, e) => { if (e.Data is null) outputEnded.Set(); else lock (output) output.AppendLine(e.Data); };
+            process.ErrorDataReceived += (_, e) => { if (e.Data is null) errorEnded.Set(); else lock (output) output.AppendLine(e.Data); };
             process.BeginOutputReadLine();
             process.BeginErrorReadLine();
             if (!process.WaitForExit(timeoutSeconds * 1000))
@@ -52,8 +60,14 @@ internal static class ChildProcess
                 process.Kill(entireProcessTree: true);
                 throw new TimeoutException($"{file} {arguments} did not finish in {timeoutSeconds} s:\n{output}");
             }
-            process.WaitForExit();
-            lock (output) return (process.ExitCode, output.ToString(), clock.Elapsed.TotalSeconds);
+            // Not the unbounded WaitForExit(), which also waits for the pipes to close: a process the child left
+            // behind (a build server, say) may hold them open long after the child has exited.
+            bool ended = outputEnded.Wait(TimeSpan.FromSeconds(30)) & errorEnded.Wait(TimeSpan.FromSeconds(30));
+            lock (output)
+            {
+                if (!ended) output.AppendLine($"(the output of {file} was still open 30 s after it exited; read up to here)");
+                return (process.ExitCode, output.ToString(), clock.Elapsed.TotalSeconds);
+            }
         }
     }
 }
