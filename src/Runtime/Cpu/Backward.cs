@@ -493,12 +493,117 @@ internal static unsafe class Backward
             Z = z, A = a, G = g, GResidual = gResidual, Gamma = gamma, Mean = mean, InvStd = invStd, DGamma = dGamma, DBeta = dBeta,
             Batch = batch, C = c, Hw = hw, Relu = relu, BatchStatistics = batchStatistics, Sums = sums,
         };
-        WorkerPool.Shared.Run(&BatchNormSums, &job, c);
+        // Maps of fewer pixels than a vector: 16 adjacent channels per item, the vectors across channels (as forward).
+        bool small = hw < Kernels.SmallMap;
+        int items = small ? (c + Kernels.SmallMap - 1) / Kernels.SmallMap : c;
+        WorkerPool.Shared.Run(small ? &BatchNormSumsGroup : &BatchNormSums, &job, items);
         sums[2 * c] = (double)batch * hw;
         // SyncBatchNorm: the input gradient needs the sums over every process's batch (the parameter gradients stay
         // local; data-parallel averaging takes care of them).
         if (batchStatistics && reduce is not null) reduce(new Span<double>(sums, 2 * c + 1));
-        WorkerPool.Shared.Run(&BatchNormInput, &job, c);
+        WorkerPool.Shared.Run(small ? &BatchNormInputGroup : &BatchNormInput, &job, items);
+    }
+
+    /// <summary>
+    /// <see cref="BatchNormSums"/> for the channels [16 * group, 16 * group + 16) of a map of hw &lt; 16 pixels, whose
+    /// values are one run of 16 * hw floats per image (position f holding channel f / hw): the same float terms,
+    /// summed per position over the images in double, then per channel.
+    /// </summary>
+    [SkipLocalsInit]
+    private static void BatchNormSumsGroup(void* context, int group)
+    {
+        ref BnJob j = ref Unsafe.AsRef<BnJob>(context);
+        int c0 = group * Kernels.SmallMap, channels = Math.Min(Kernels.SmallMap, j.C - c0), hw = j.Hw, run = channels * hw;
+        const int Most = Kernels.SmallMap * Kernels.SmallMap;
+        float* mean = stackalloc float[Most];
+        float* invStd = stackalloc float[Most];
+        double* sumG = stackalloc double[Most];
+        double* sumGx = stackalloc double[Most];
+        for (int f = 0; f < run; f++)
+        {
+            (mean[f], invStd[f]) = (j.Mean[c0 + f / hw], j.InvStd[c0 + f / hw]);
+            sumG[f] = sumGx[f] = 0;
+        }
+        for (int n = 0; n < j.Batch; n++)
+        {
+            long at = ((long)n * j.C + c0) * hw;
+            float* g = j.G + at, z = j.Z + at, a = j.A + at;
+            float* gr = j.GResidual == null ? null : j.GResidual + at;
+            int f = 0;
+            for (; f <= run - Vector<float>.Count; f += Vector<float>.Count)
+            {
+                var gi = Unsafe.ReadUnaligned<Vector<float>>(g + f);
+                if (j.Relu) gi = Vector.ConditionalSelect(Vector.GreaterThan(Unsafe.ReadUnaligned<Vector<float>>(a + f), Vector<float>.Zero), gi, Vector<float>.Zero);
+                Unsafe.WriteUnaligned(g + f, gi);
+                if (gr != null) Unsafe.WriteUnaligned(gr + f, Unsafe.ReadUnaligned<Vector<float>>(gr + f) + gi);
+                var gx = gi * ((Unsafe.ReadUnaligned<Vector<float>>(z + f) - Unsafe.ReadUnaligned<Vector<float>>(mean + f)) * Unsafe.ReadUnaligned<Vector<float>>(invStd + f));
+                AddWidened(sumG + f, gi);
+                AddWidened(sumGx + f, gx);
+            }
+            for (; f < run; f++)
+            {
+                float gi = g[f];
+                if (j.Relu && !(a[f] > 0f)) gi = 0f;
+                g[f] = gi;
+                if (gr != null) gr[f] += gi;
+                sumG[f] += gi;
+                sumGx[f] += gi * ((z[f] - mean[f]) * invStd[f]);
+            }
+        }
+        for (int k = 0; k < channels; k++)
+        {
+            double g = Kernels.PositionSum(sumG, k, hw), gx = Kernels.PositionSum(sumGx, k, hw);
+            j.DGamma[c0 + k] += (float)gx;
+            j.DBeta[c0 + k] += (float)g;
+            j.Sums[c0 + k] = g;
+            j.Sums[j.C + c0 + k] = gx;
+        }
+    }
+
+    /// <summary>acc[0 .. Vector&lt;float&gt;.Count) += v, widened to double.</summary>
+    private static void AddWidened(double* acc, Vector<float> v)
+    {
+        Vector.Widen(v, out var lo, out var hi);
+        Unsafe.WriteUnaligned(acc, Unsafe.ReadUnaligned<Vector<double>>(acc) + lo);
+        Unsafe.WriteUnaligned(acc + Vector<double>.Count, Unsafe.ReadUnaligned<Vector<double>>(acc + Vector<double>.Count) + hi);
+    }
+
+    /// <summary><see cref="BatchNormInput"/> for a group of 16 channels of a map of hw &lt; 16 pixels (as <see cref="BatchNormSumsGroup"/>).</summary>
+    [SkipLocalsInit]
+    private static void BatchNormInputGroup(void* context, int group)
+    {
+        ref BnJob j = ref Unsafe.AsRef<BnJob>(context);
+        int c0 = group * Kernels.SmallMap, channels = Math.Min(Kernels.SmallMap, j.C - c0), hw = j.Hw, run = channels * hw;
+        const int Most = Kernels.SmallMap * Kernels.SmallMap;
+        float* mean = stackalloc float[Most];
+        float* invStd = stackalloc float[Most];
+        float* scale = stackalloc float[Most];
+        float* meanG = stackalloc float[Most];
+        float* meanGx = stackalloc float[Most];
+        double count = j.Sums[2 * j.C];
+        for (int f = 0; f < run; f++)
+        {
+            int ch = c0 + f / hw;
+            mean[f] = j.Mean[ch];
+            invStd[f] = j.InvStd[ch];
+            scale[f] = j.Gamma[ch] * j.InvStd[ch];
+            meanG[f] = j.BatchStatistics ? (float)(j.Sums[ch] / count) : 0f;
+            meanGx[f] = j.BatchStatistics ? (float)(j.Sums[j.C + ch] / count) : 0f;
+        }
+        for (int n = 0; n < j.Batch; n++)
+        {
+            long at = ((long)n * j.C + c0) * hw;
+            float* g = j.G + at, z = j.Z + at;
+            int f = 0;
+            for (; f <= run - Vector<float>.Count; f += Vector<float>.Count)
+            {
+                var xhat = (Unsafe.ReadUnaligned<Vector<float>>(z + f) - Unsafe.ReadUnaligned<Vector<float>>(mean + f)) * Unsafe.ReadUnaligned<Vector<float>>(invStd + f);
+                Unsafe.WriteUnaligned(g + f, Unsafe.ReadUnaligned<Vector<float>>(scale + f) *
+                    (Unsafe.ReadUnaligned<Vector<float>>(g + f) - Unsafe.ReadUnaligned<Vector<float>>(meanG + f) - xhat * Unsafe.ReadUnaligned<Vector<float>>(meanGx + f)));
+            }
+            for (; f < run; f++)
+                g[f] = scale[f] * (g[f] - meanG[f] - (z[f] - mean[f]) * invStd[f] * meanGx[f]);
+        }
     }
 
     private static void BatchNormSums(void* context, int ch)

@@ -86,9 +86,16 @@ internal static unsafe class Kernels
                 reduce(stats.Slice(c + 1, c));
                 for (int ch = 0; ch < c; ch++) stats[c + 1 + ch] /= stats[c];
             }
-            WorkerPool.Shared.Run(&BatchNormChannel, &job, c);
+            // Maps of fewer pixels than a vector (layer3 and layer4 at small image sizes): a channel's values are runs of
+            // hw < 16 floats, one per image, too short for vectors; each item takes 16 adjacent channels, whose runs
+            // are contiguous within an image, so that the vectors run across channels.
+            if (hw < SmallMap) WorkerPool.Shared.Run(&BatchNormGroup, &job, (c + SmallMap - 1) / SmallMap);
+            else WorkerPool.Shared.Run(&BatchNormChannel, &job, c);
         }
     }
+
+    /// <summary>Maps of fewer pixels than this go through the channel-group BatchNorm kernels (16 channels per item).</summary>
+    internal const int SmallMap = 16;
 
     private static void ChannelSum(void* context, int ch)
     {
@@ -141,24 +148,38 @@ internal static unsafe class Kernels
     private static void BatchNormChannel(void* context, int ch)
     {
         ref BnJob j = ref Unsafe.AsRef<BnJob>(context);
+        double mean = 0, variance = 0;
+        if (j.BatchStatistics && j.Synced == null)
+        {
+            mean = ChannelSumOf(ref j, ch) / ((double)j.Batch * j.Hw);
+            variance = ChannelSquaresOf(ref j, ch, mean) / ((double)j.Batch * j.Hw);
+        }
+        var (scale, shift) = ChannelAffine(ref j, ch, mean, variance);
+        for (int n = 0; n < j.Batch; n++)
+        {
+            long at = ((long)n * j.C + ch) * j.Hw;
+            ScaleShift(j.Z + at, j.A + at, j.Residual == null ? null : j.Residual + at, j.Hw, scale, shift, j.Relu);
+        }
+    }
+
+    /// <summary>
+    /// Channel <paramref name="ch"/>'s normalization as a scale and shift. In train mode from the batch's
+    /// <paramref name="mean"/> and biased <paramref name="variance"/> (or, with SyncBatchNorm, every process's, summed
+    /// beforehand), updating the running statistics; in eval mode from the running statistics. Writes the mean and
+    /// 1/sqrt(var + eps) used to the job's Mean and InvStd.
+    /// </summary>
+    private static (float Scale, float Shift) ChannelAffine(ref BnJob j, int ch, double mean, double variance)
+    {
         float* runningMean = j.Bn + 2 * j.C;
         float* runningVar = j.Bn + 3 * j.C;
-        double mean, variance;
         if (j.BatchStatistics)
         {
-            // This batch's statistics, or with SyncBatchNorm those of every process's batch (summed beforehand).
-            double count;
+            double count = (double)j.Batch * j.Hw;
             if (j.Synced != null)
             {
                 count = j.Synced[j.C];
                 mean = j.Synced[ch];
                 variance = j.Synced[j.C + 1 + ch];
-            }
-            else
-            {
-                count = (double)j.Batch * j.Hw;
-                mean = ChannelSumOf(ref j, ch) / count;
-                variance = ChannelSquaresOf(ref j, ch, mean) / count;
             }
             runningMean[ch] = (float)((1 - BatchNormMomentum) * runningMean[ch] + BatchNormMomentum * mean);
             runningVar[ch] = (float)((1 - BatchNormMomentum) * runningVar[ch] + BatchNormMomentum * variance * count / (count - 1));
@@ -172,13 +193,100 @@ internal static unsafe class Kernels
         double invStd = 1.0 / Math.Sqrt(variance + BatchNormEpsilon);
         j.Mean[ch] = (float)mean;
         j.InvStd[ch] = (float)invStd;
-        float scale = (float)(j.Bn[ch] * invStd);
-        float shift = (float)(j.Bn[j.C + ch] - mean * j.Bn[ch] * invStd);
+        return ((float)(j.Bn[ch] * invStd), (float)(j.Bn[j.C + ch] - mean * j.Bn[ch] * invStd));
+    }
+
+    /// <summary>
+    /// BatchNorm forward of the channels [16 * group, 16 * group + 16) of a map of hw &lt; 16 pixels. Within an
+    /// image their values are one contiguous run of 16 * hw floats, position f holding channel f / hw; the batch
+    /// statistics are summed per position over the images (in double, as the per-channel kernel), then per channel.
+    /// </summary>
+    [SkipLocalsInit]
+    private static void BatchNormGroup(void* context, int group)
+    {
+        ref BnJob j = ref Unsafe.AsRef<BnJob>(context);
+        int c0 = group * SmallMap, channels = Math.Min(SmallMap, j.C - c0), hw = j.Hw, run = channels * hw;
+        double* moments = stackalloc double[2 * SmallMap];
+        if (j.BatchStatistics && j.Synced == null)
+        {
+            double* acc = stackalloc double[SmallMap * SmallMap];
+            ColumnSums(j.Z + (long)c0 * hw, (long)j.C * hw, j.Batch, run, acc, null);
+            double count = (double)j.Batch * hw;
+            for (int k = 0; k < channels; k++) moments[k] = PositionSum(acc, k, hw) / count;
+            // The squared deviations about each position's channel mean.
+            double* mean = stackalloc double[SmallMap * SmallMap];
+            for (int f = 0; f < run; f++) mean[f] = moments[f / hw];
+            ColumnSums(j.Z + (long)c0 * hw, (long)j.C * hw, j.Batch, run, acc, mean);
+            for (int k = 0; k < channels; k++) moments[SmallMap + k] = PositionSum(acc, k, hw) / count;
+        }
+        float* scale = stackalloc float[SmallMap * SmallMap];
+        float* shift = stackalloc float[SmallMap * SmallMap];
+        for (int k = 0; k < channels; k++)
+        {
+            var (s, t) = ChannelAffine(ref j, c0 + k, moments[k], moments[SmallMap + k]);
+            for (int p = 0; p < hw; p++) (scale[k * hw + p], shift[k * hw + p]) = (s, t);
+        }
         for (int n = 0; n < j.Batch; n++)
         {
-            long at = ((long)n * j.C + ch) * j.Hw;
-            ScaleShift(j.Z + at, j.A + at, j.Residual == null ? null : j.Residual + at, j.Hw, scale, shift, j.Relu);
+            long at = ((long)n * j.C + c0) * hw;
+            float* z = j.Z + at, y = j.A + at, r = j.Residual == null ? null : j.Residual + at;
+            int f = 0;
+            for (; f <= run - Vector<float>.Count; f += Vector<float>.Count)
+            {
+                var v = Unsafe.ReadUnaligned<Vector<float>>(z + f) * Unsafe.ReadUnaligned<Vector<float>>(scale + f) + Unsafe.ReadUnaligned<Vector<float>>(shift + f);
+                if (r != null) v += Unsafe.ReadUnaligned<Vector<float>>(r + f);
+                if (j.Relu) v = Vector.Max(v, Vector<float>.Zero);
+                Unsafe.WriteUnaligned(y + f, v);
+            }
+            for (; f < run; f++)
+            {
+                float v = z[f] * scale[f] + shift[f];
+                if (r != null) v += r[f];
+                if (j.Relu && v < 0f) v = 0f;
+                y[f] = v;
+            }
         }
+    }
+
+    /// <summary>
+    /// acc[f] = sum over the <paramref name="rows"/> runs x + i * stride of x[f] (or, with <paramref name="mean"/>, of
+    /// (x[f] - mean[f])^2), f &lt; <paramref name="run"/>, in double.
+    /// </summary>
+    internal static void ColumnSums(float* x, long stride, int rows, int run, double* acc, double* mean)
+    {
+        for (int f = 0; f < run; f++) acc[f] = 0;
+        for (int i = 0; i < rows; i++)
+        {
+            float* row = x + i * stride;
+            int f = 0;
+            for (; f <= run - Vector<float>.Count; f += Vector<float>.Count)
+            {
+                Vector.Widen(Unsafe.ReadUnaligned<Vector<float>>(row + f), out var lo, out var hi);
+                if (mean != null)
+                {
+                    lo -= Unsafe.ReadUnaligned<Vector<double>>(mean + f);
+                    hi -= Unsafe.ReadUnaligned<Vector<double>>(mean + f + Vector<double>.Count);
+                    lo *= lo;
+                    hi *= hi;
+                }
+                Unsafe.WriteUnaligned(acc + f, Unsafe.ReadUnaligned<Vector<double>>(acc + f) + lo);
+                Unsafe.WriteUnaligned(acc + f + Vector<double>.Count, Unsafe.ReadUnaligned<Vector<double>>(acc + f + Vector<double>.Count) + hi);
+            }
+            for (; f < run; f++)
+            {
+                double v = row[f];
+                if (mean != null) v = (v - mean[f]) * (v - mean[f]);
+                acc[f] += v;
+            }
+        }
+    }
+
+    /// <summary>The sum of acc[k * hw .. k * hw + hw): channel k's share of a run of channels of hw pixels each.</summary>
+    internal static double PositionSum(double* acc, int k, int hw)
+    {
+        double sum = 0;
+        for (int p = 0; p < hw; p++) sum += acc[k * hw + p];
+        return sum;
     }
 
     private static double Sum(ReadOnlySpan<float> values)

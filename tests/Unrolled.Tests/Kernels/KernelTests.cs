@@ -167,6 +167,9 @@ public class KernelTests
     [InlineData(3, 13, 5, true)]
     [InlineData(1, 4, 2, true)]
     [InlineData(16, 3, 1, false)]
+    [InlineData(4, 37, 4, true)]   // maps under 16 pixels: 16 channels per item, three groups, the last of 5
+    [InlineData(2, 20, 15, false)] // runs of 240 and 60 floats per image
+    [InlineData(32, 40, 1, true)]
     public void TrainModeBatchNormMatchesReferenceAndUpdatesRunningStatistics(int n, int c, int hw, bool relu)
     {
         var rng = new Random(n * c + hw);
