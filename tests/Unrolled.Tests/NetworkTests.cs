@@ -49,6 +49,47 @@ public class NetworkTests(ITestOutputHelper output)
         Assert.True(error <= 1e-4, $"relative error {error:E3}");
     }
 
+    /// <summary>Maps of one pixel (layer4 at 32x32), whose 3x3 convolutions run as 1x1 ones of their centre taps.</summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void OnePixelMapsMatchTheReferenceModel(bool train)
+    {
+        IResNet net = new Bottleneck32();
+        RandomizeBatchNorm(net, 32);
+        var reference = new ReferenceModel(net, 50);
+        var input = Naive.RandomFloats(new Random(5), 16 * 3 * 32 * 32);
+        var expected = reference.Forward(input, train);
+
+        if (train) net.Train(); else net.Eval();
+        var logits = new float[16 * net.OutputSize];
+        net.Forward(input, logits);
+        double error = Reference.MaxRelative(logits, expected.Select(v => (float)v).ToArray());
+        output.WriteLine($"ResNet-50 32x32 {(train ? "train" : "eval")}: max relative error {error:E2}");
+        Assert.True(error <= 1e-4, $"relative error {error:E3}");
+    }
+
+    /// <summary>
+    /// The gradients of a map of one pixel's 3x3 convolution, taken as those of a 1x1 convolution of the centre taps:
+    /// its filter gradient (the other eight taps' stay zero) and, through its data gradient, the filter gradient of
+    /// the convolution before it; the stride-2 3x3 from 2x2 to 1x1, which reads four taps, takes the ordinary path.
+    /// </summary>
+    [Theory]
+    [InlineData("layer4.1.conv2.weight")]
+    [InlineData("layer4.1.conv1.weight")]
+    [InlineData("layer4.0.conv2.weight")]
+    public void OnePixelMapGradientsMatchFiniteDifferences(string key)
+    {
+        IResNet net = new Bottleneck32();
+        RandomizeBatchNorm(net, 32);
+        var gradient = CheckFilterGradient(net, key, Naive.RandomFloats(new Random(13), 2 * 3 * 32 * 32));
+        if (key == "layer4.1.conv2.weight")
+        {
+            for (int i = 0; i < gradient.Length; i++)
+                if (i % 9 != 4) Assert.True(gradient[i] == 0, $"{key}[{i}] is off the centre tap but has gradient {gradient[i]}");
+        }
+    }
+
     /// <summary>
     /// The filter gradients that larger maps take through their own kernels (3x3 stride 1 over padded planes; 1x1
     /// with more input than output channels as the transpose), checked through the whole network against central
@@ -64,9 +105,17 @@ public class NetworkTests(ITestOutputHelper output)
     {
         IResNet net = new Bottleneck72x88();
         RandomizeBatchNorm(net, 50);
+        CheckFilterGradient(net, key, Naive.RandomFloats(new Random(11), 2 * 3 * 72 * 88));
+    }
+
+    /// <summary>
+    /// The gradient of <paramref name="key"/> after ForwardBackward over a batch of two images (eval mode) against
+    /// central differences of the loss at its largest entries and a few at random; returns the gradient.
+    /// </summary>
+    private static float[] CheckFilterGradient(IResNet net, string key, float[] input)
+    {
         net.Eval();
         const int batch = 2;
-        var input = Naive.RandomFloats(new Random(11), batch * 3 * 72 * 88);
         var labels = new[] { 1, 3 };
         var logits = new float[batch * net.OutputSize];
         net.ZeroGrad();
@@ -100,6 +149,7 @@ public class NetworkTests(ITestOutputHelper output)
             Assert.True(Math.Abs(numeric - gradient[i]) <= 0.05 * Math.Abs(gradient[i]) + 0.02 * largest,
                 $"{key}[{i}]: analytic {gradient[i]:G6}, finite difference {numeric:G6} (largest |gradient| {largest:G3})");
         }
+        return gradient;
     }
 
     [Theory]

@@ -31,6 +31,11 @@ public partial class Basic72x88;
 [ResNet(50, NumClasses = 5, BaseWidth = 4, ImageHeight = 72, ImageWidth = 88)]
 public partial class Bottleneck72x88;
 
+// 32x32, as the quickstart: layer3's maps are 2x2 and layer4's a single pixel, where a 3x3 convolution meets its input
+// with the centre tap only.
+[ResNet(50, NumClasses = 5, BaseWidth = 4, ImageSize = 32)]
+public partial class Bottleneck32;
+
 [ResNet(18, NumClasses = 3, BaseWidth = 4, ImageSize = 32, ZeroInitResidual = true)]
 public partial class ZeroInit18;
 

@@ -77,7 +77,24 @@ internal static unsafe class Backward
     private struct AddJob
     {
         public float* From, Dw;
-        public int Cin, Cout;
+        public int Cin, Cout, Taps;
+    }
+
+    /// <summary>
+    /// dW[o, c, tap] += from[o, c] for a kernel of <paramref name="taps"/> taps, <paramref name="dw"/> pointing at the
+    /// tap of dW[0, 0]: the centre-tap filter gradient of a map of one pixel (<see cref="Conv.CentreTapOnly"/>).
+    /// </summary>
+    public static void AddTap(float* from, float* dw, int cin, int cout, int taps)
+    {
+        var add = new AddJob { From = from, Dw = dw, Cin = cin, Cout = cout, Taps = taps };
+        WorkerPool.Shared.Run(&AddTapRow, &add, cout);
+    }
+
+    private static void AddTapRow(void* context, int o)
+    {
+        ref AddJob j = ref Unsafe.AsRef<AddJob>(context);
+        float* row = j.Dw + (long)o * j.Cin * j.Taps, from = j.From + (long)o * j.Cin;
+        for (int c = 0; c < j.Cin; c++) row[(long)c * j.Taps] += from[c];
     }
 
     /// <summary>Row o of dW [Cout x Cin] += column o of dW^T [Cin x Cout] (From).</summary>
@@ -395,13 +412,20 @@ internal static unsafe class Backward
     /// into <paramref name="gzRows"/> as [Cout x batch*HW], unless <paramref name="gzGathered"/> says the filter
     /// gradient already did), then col2im into every image's gx.
     /// </summary>
+    /// <remarks>
+    /// With <paramref name="taps"/> &gt; 1 the convolution is the centre-tap 1x1 one of a map of one pixel
+    /// (<see cref="Conv.CentreTapOnly"/>): <paramref name="weights"/> then points at the centre tap of a kernel of that
+    /// many taps, and kernel, stride and pad describe the 1x1 convolution.
+    /// </remarks>
     public static void ConvDataFolded(float* gz, float* weights, float* gx, float* cols, float* gzRows, int batch,
-        int cin, int h, int w, int cout, int oh, int ow, int kernel, int stride, int pad, bool gzGathered = false)
+        int cin, int h, int w, int cout, int oh, int ow, int kernel, int stride, int pad, bool gzGathered = false, int taps = 1)
     {
         int hw = oh * ow, q = batch * hw;
         int k = cin * kernel * kernel;
         if (!gzGathered) GatherPlanes(gz, gzRows, batch, cout, hw);
-        Gemm.Multiply(WeightsTransposed(weights, k), k, cout, gzRows, q, q, cols, q, accumulate: false);
+        // W^T [K x Cout] read in place: element (kk, o) at weights[o * K + kk] (with taps, at o * Cin * taps + kk * taps).
+        var weightsT = taps > 1 ? Gemm.Operand.Strided(weights, taps, k * taps) : WeightsTransposed(weights, k);
+        Gemm.Multiply(weightsT, k, cout, gzRows, q, q, cols, q, accumulate: false);
         var job = new ScatterJob { Cols = cols, Gx = gx, H = h, W = w, OH = oh, OW = ow, Kernel = kernel, Stride = stride, Pad = pad, Cin = cin, Ld = q };
         WorkerPool.Shared.Run(&ScatterChannel, &job, batch * cin);
     }

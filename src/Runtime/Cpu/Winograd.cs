@@ -234,7 +234,8 @@ internal static unsafe class Winograd
     /// </summary>
     public static Tiles Choose(int kernel, int stride, int pad, int batch, int cin, int h, int w, int cout)
     {
-        if (kernel != 3 || stride != 1 || pad != 1 || !Enabled || Off || cin < 64) return Tiles.None;
+        // A map of one pixel is a 1x1 convolution of the centre taps (Conv.CentreTapOnly): one product, not 16.
+        if (kernel != 3 || stride != 1 || pad != 1 || !Enabled || Off || cin < 64 || (h == 1 && w == 1)) return Tiles.None;
         if (s_largeTiles && !SmallTilesOnly && cin <= 128 && cout <= 128 && Chunks(batch, h, w, 4) >= 2) return Tiles.F4;
         return Chunks(batch, h, w, 2) >= 2 ? Tiles.F2 : Tiles.None;
     }

@@ -700,11 +700,16 @@ public sealed unsafe class NetworkState
         // nine products would pass through memory (at 14x14 and batch 16: 159 against 134 ms per training step).
         bool planes = !fold && Cpu.Backward.PlanesApply(kernel, stride, pad);
         bool pointwise = !fold && Cpu.Backward.PointwiseApplies(kernel, stride, pad, cin, cout);
+        // A map of one pixel, padded: only the centre tap meets the input (as in the forward), so both gradients are
+        // those of a 1x1 convolution; the filter gradient's product [Cout x Cin] is added into the centre taps.
+        bool centre = fold && Cpu.Conv.CentreTapOnly(h, w, kernel, pad);
+        int taps = kernel * kernel, centreTap = pad * kernel + pad;
         // Scratch grows during the first step only: the filter gradient's column panels (K padded to the panel
         // width) or planes, then the data gradient's columns.
         long scratch = Math.Max(
-            planes ? Cpu.Backward.PlanesFloats(cin, h, w, cout) : pointwise ? Cpu.Backward.PointwiseFloats(cin, hw, cout) : Cpu.Backward.FilterPanelFloats(columns, c.K),
-            gx.IsEmpty ? 0 : (long)c.K * columns);
+            centre ? Cpu.Backward.FilterPanelFloats(columns, cin) + (long)cout * cin
+            : planes ? Cpu.Backward.PlanesFloats(cin, h, w, cout) : pointwise ? Cpu.Backward.PointwiseFloats(cin, hw, cout) : Cpu.Backward.FilterPanelFloats(columns, c.K),
+            gx.IsEmpty ? 0 : (long)(centre ? cin : c.K) * columns);
         if (_columns.Length < scratch) _columns = new float[scratch];
         if (fold && _gradientRows.Length < cout * columns) _gradientRows = new float[cout * columns];
         fixed (float* px = x, pz = z, pa = a, pg = g, pgr = gResidual, pgx = gx, pvalues = ValueArray, pgrads = Gradients,
@@ -718,7 +723,14 @@ public sealed unsafe class NetworkState
             var tiles = gx.IsEmpty ? Cpu.Winograd.Tiles.None : Cpu.Winograd.Choose(kernel, stride, pad, batch, cout, oh, ow, cin);
             bool winograd = tiles != Cpu.Winograd.Tiles.None;
             long inPerImage = (long)cin * h * w, outPerImage = (long)cout * hw;
-            if (planes) Cpu.Backward.ConvFilterPlanes(px, pg, pgrads + c.Weight, pcols, batch, cin, h, w, cout);
+            if (centre)
+            {
+                float* product = pcols + Cpu.Backward.FilterPanelFloats(columns, cin);
+                new Span<float>(product, cout * cin).Clear();
+                Cpu.Backward.ConvFilterFolded(px, pg, product, pcols, prows, batch, cin, 1, 1, cout, 1, 1, 1, 1, 0);
+                Cpu.Backward.AddTap(product, pgrads + c.Weight + centreTap, cin, cout, taps);
+            }
+            else if (planes) Cpu.Backward.ConvFilterPlanes(px, pg, pgrads + c.Weight, pcols, batch, cin, h, w, cout);
             else if (pointwise) Cpu.Backward.ConvFilterPointwise(px, pg, pgrads + c.Weight, pcols, batch, cin, hw, cout);
             else if (fold) Cpu.Backward.ConvFilterFolded(px, pg, pgrads + c.Weight, pcols, prows, batch, cin, h, w, cout, oh, ow, kernel, stride, pad);
             else
@@ -727,7 +739,8 @@ public sealed unsafe class NetworkState
             if (!gx.IsEmpty && !winograd)
             {
                 // The folded filter gradient has gathered gz into rows already.
-                if (fold) Cpu.Backward.ConvDataFolded(pg, pvalues + c.Weight, pgx, pcols, prows, batch, cin, h, w, cout, oh, ow, kernel, stride, pad, gzGathered: true);
+                if (centre) Cpu.Backward.ConvDataFolded(pg, pvalues + c.Weight + centreTap, pgx, pcols, prows, batch, cin, 1, 1, cout, 1, 1, 1, 1, 0, gzGathered: true, taps);
+                else if (fold) Cpu.Backward.ConvDataFolded(pg, pvalues + c.Weight, pgx, pcols, prows, batch, cin, h, w, cout, oh, ow, kernel, stride, pad, gzGathered: true);
                 else
                     for (int n = 0; n < batch; n++)
                         Cpu.Backward.ConvData(pg + n * outPerImage, pvalues + c.Weight, pgx + n * inPerImage, pcols, cin, h, w, cout, oh, ow, kernel, stride, pad);

@@ -51,6 +51,9 @@ public class KernelTests
         { 2, 40, 20, 16, 30, 1, 1, 0 }, // 1x1 over 320 pixels per image (not folded): ten whole column panels each
         { 6, 8, 3, 3, 12, 1, 1, 0 }, // 1x1 folded over maps of 9 pixels: a column panel takes runs from four images
         { 40, 3, 1, 1, 5, 1, 1, 0 }, // 1x1 folded over single pixels: one run per image, the second panel part-filled
+        { 34, 21, 1, 1, 14, 3, 1, 1 }, // a map of one pixel: only the centre tap meets it (a 1x1 convolution of those weights)
+        { 1, 5, 1, 1, 30, 3, 2, 1 },   // the same, one image, stride 2
+        { 3, 4, 1, 1, 6, 5, 1, 2 },    // a 5x5 kernel's centre tap
     };
 
     [Theory]
