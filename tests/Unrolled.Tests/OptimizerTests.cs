@@ -249,6 +249,35 @@ public sealed class TrainingStepTests(ITestOutputHelper output) : IDisposable
         Assert.All(net.GetGradient("layer2.0.conv1.weight"), g => Assert.Equal(0f, g));
     }
 
+    /// <summary>
+    /// ZeroGrad clears each layer's gradients only when backward first writes them (or when they are read): after
+    /// backward, ZeroGrad and backward again, every gradient is exactly that of one backward from zero, whether or not
+    /// a gradient was read in between.
+    /// </summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void AfterZeroGradOneBackwardGivesExactlyTheGradientsOfOne(bool readInBetween)
+    {
+        var (x, y) = Batch(3);
+        var logits = new float[12];
+        var fresh = new ZeroInit18();
+        fresh.Eval();
+        fresh.ForwardBackward(x, y, logits);
+        var expected = ((IResNet)fresh).State.Gradients.ToArray();
+
+        var net = new ZeroInit18();
+        net.Eval();
+        net.ForwardBackward(x, y, logits);
+        net.ForwardBackward(x, y, logits);
+        net.ZeroGrad();
+        if (readInBetween) Assert.All(net.GetGradient("layer3.1.conv2.weight"), g => Assert.Equal(0f, g));
+        net.ForwardBackward(x, y, logits);
+        var actual = ((IResNet)net).State.Gradients.ToArray();
+        Assert.Contains(expected, g => g != 0);
+        for (int i = 0; i < expected.Length; i++) Assert.True(expected[i] == actual[i], $"gradient {i}: {actual[i]}, one backward gives {expected[i]}");
+    }
+
     private static float[][] Snapshot(IResNet net) => net.StateKeys.Select(net.GetTensor).ToArray();
 
     [Fact]

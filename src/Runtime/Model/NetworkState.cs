@@ -102,6 +102,13 @@ public sealed unsafe class NetworkState
     // the GPU then zeroes the device's instead of uploading them.
     private bool _gradientsAreZero = true;
 
+    // On the CPU, ZeroGrad clears nothing at once: it marks every layer's gradients (convolution i's weight and
+    // BatchNorm, the fc's at the end) to be cleared, each just before backward first writes it, while it is about to
+    // be in cache anyway; a read of Gradients clears whatever is still marked. That saves a pass over all the
+    // gradients in memory (94 MB for ResNet-50) per step.
+    private bool[]? _clearPending;
+    private bool _anyClearPending;
+
     /// <summary>
     /// Device.Cpu is the CPU; Device.Auto probes for CUDA (once per process) and says in one line on stderr what it
     /// chose and why (UNROLLED_QUIET=1 silences it); Device.Cuda fails with what is missing and how to point to it.
@@ -222,6 +229,11 @@ public sealed unsafe class NetworkState
             {
                 _hostGradientsNeedClearing = false;
                 ClearGradients();
+            }
+            else if (_anyClearPending)
+            {
+                for (int layer = 0; layer < _clearPending!.Length; layer++) ClearPendingLayer(layer);
+                _anyClearPending = false;
             }
             return store;
         }
@@ -361,22 +373,76 @@ public sealed unsafe class NetworkState
             _hostGradientsNeedClearing = true;
             return;
         }
-        ClearGradients();
+        _clearPending ??= new bool[_spec.Convs.Length + 1];
+        Array.Fill(_clearPending, true);
+        _anyClearPending = true;
+    }
+
+    /// <summary>
+    /// The gradient store for backward to write layer <paramref name="layer"/> (a convolution's index, or the fc's,
+    /// one past the last), after clearing that layer's gradients if ZeroGrad marked them.
+    /// </summary>
+    private Span<float> GradientsOfLayer(int layer)
+    {
+        if (_anyClearPending) ClearPendingLayer(layer);
+        return GradientStore;
+    }
+
+    private void ClearPendingLayer(int layer)
+    {
+        if (!_clearPending![layer]) return;
+        _clearPending[layer] = false;
+        var store = GradientStore;
+        if (layer < _spec.Convs.Length)
+        {
+            var c = _spec.Convs[layer];
+            ClearRange(store.Slice((int)c.Weight, c.OutChannels * c.K));
+            store.Slice((int)c.BatchNorm, 2 * c.OutChannels).Clear(); // dgamma, dbeta
+        }
+        else
+        {
+            ClearRange(store.Slice((int)_spec.FcWeight, _spec.NumClasses * _spec.FcIn));
+            store.Slice((int)_spec.FcBias, _spec.NumClasses).Clear();
+        }
     }
 
     private void ClearGradients()
     {
-        var gradients = GradientStore;
-        // ResNet-50's 94 MB on every core: one core alone cannot fill the memory bandwidth.
-        if (gradients.Length < 1 << 20) gradients.Clear();
-        else WorkerPool.Shared.Run(&ClearChunk, this, (gradients.Length + (1 << 20) - 1) >> 20);
+        ClearRange(GradientStore);
+        if (_anyClearPending)
+        {
+            Array.Fill(_clearPending!, false);
+            _anyClearPending = false;
+        }
     }
 
-    private static void ClearChunk(object state, int chunk)
+    /// <summary>Zeroes <paramref name="range"/>, on every core when it is large: one core alone cannot fill the memory bandwidth.</summary>
+    private static void ClearRange(Span<float> range)
     {
-        var gradients = ((NetworkState)state).GradientStore;
-        int start = chunk << 20;
-        gradients.Slice(start, Math.Min(1 << 20, gradients.Length - start)).Clear();
+        const int Chunk = 1 << 18;
+        if (range.Length < 2 * Chunk)
+        {
+            range.Clear();
+            return;
+        }
+        fixed (float* start = range)
+        {
+            var job = new ClearJob { Start = start, Length = range.Length };
+            WorkerPool.Shared.Run(&ClearChunk, &job, (range.Length + Chunk - 1) / Chunk);
+        }
+    }
+
+    private struct ClearJob
+    {
+        public float* Start;
+        public int Length;
+    }
+
+    private static void ClearChunk(void* context, int chunk)
+    {
+        ref ClearJob j = ref System.Runtime.CompilerServices.Unsafe.AsRef<ClearJob>(context);
+        int first = chunk << 18;
+        new Span<float>(j.Start + first, Math.Min(1 << 18, j.Length - first)).Clear();
     }
 
     /// <summary>Loads a torchvision state_dict (torch.save zip or .safetensors), strictly and all-or-nothing.</summary>
@@ -712,7 +778,7 @@ public sealed unsafe class NetworkState
             gx.IsEmpty ? 0 : (long)(centre ? cin : c.K) * columns);
         if (_columns.Length < scratch) _columns = new float[scratch];
         if (fold && _gradientRows.Length < cout * columns) _gradientRows = new float[cout * columns];
-        fixed (float* px = x, pz = z, pa = a, pg = g, pgr = gResidual, pgx = gx, pvalues = ValueArray, pgrads = Gradients,
+        fixed (float* px = x, pz = z, pa = a, pg = g, pgr = gResidual, pgx = gx, pvalues = ValueArray, pgrads = GradientsOfLayer(index),
                pmean = _bnMean[index], pinv = _bnInvStd[index], pcols = _columns, prows = _gradientRows)
         fixed (double* psums = BnSums(cout))
         {
@@ -813,8 +879,9 @@ public sealed unsafe class NetworkState
             GradientsReady?.Invoke(-1);
             return;
         }
+        var gradients = GradientsOfLayer(_spec.Convs.Length);
         Cpu.Backward.Linear(x, g, ValueArray.AsSpan((int)_spec.FcWeight, _spec.NumClasses * _spec.FcIn),
-            Gradients.Slice((int)_spec.FcWeight, _spec.NumClasses * _spec.FcIn), Gradients.Slice((int)_spec.FcBias, _spec.NumClasses),
+            gradients.Slice((int)_spec.FcWeight, _spec.NumClasses * _spec.FcIn), gradients.Slice((int)_spec.FcBias, _spec.NumClasses),
             gx, batch, _spec.FcIn, _spec.NumClasses);
         GradientsReady?.Invoke(-1);
     }
