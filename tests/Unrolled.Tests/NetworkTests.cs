@@ -37,15 +37,18 @@ public class NetworkTests(ITestOutputHelper output)
     {
         IResNet net = depth == 18 ? new Basic72x88() : new Bottleneck72x88();
         RandomizeBatchNorm(net, depth);
-        var reference = new ReferenceModel(net, depth);
-        var input = Naive.RandomFloats(new Random(7), 2 * 3 * 72 * 88);
-        var expected = reference.Forward(input, train); // reads the state before our forward updates it
+        AssertMatchesReferenceModel(net, depth, Naive.RandomFloats(new Random(7), 2 * 3 * 72 * 88), train, $"ResNet-{depth} 72x88");
+    }
 
+    /// <summary>The logits of <paramref name="net"/> (in train or eval mode) against <see cref="ReferenceModel"/>'s, to 1e-4.</summary>
+    private void AssertMatchesReferenceModel(IResNet net, int depth, float[] input, bool train, string what)
+    {
+        var expected = new ReferenceModel(net, depth).Forward(input, train); // reads the state before our forward updates it
         if (train) net.Train(); else net.Eval();
-        var logits = new float[2 * net.OutputSize];
+        var logits = new float[expected.Length];
         net.Forward(input, logits);
         double error = Reference.MaxRelative(logits, expected.Select(v => (float)v).ToArray());
-        output.WriteLine($"ResNet-{depth} 72x88 {(train ? "train" : "eval")}: max relative error {error:E2}");
+        output.WriteLine($"{what} {(train ? "train" : "eval")}: max relative error {error:E2}");
         Assert.True(error <= 1e-4, $"relative error {error:E3}");
     }
 
@@ -57,16 +60,9 @@ public class NetworkTests(ITestOutputHelper output)
     {
         IResNet net = new Bottleneck32();
         RandomizeBatchNorm(net, 32);
-        var reference = new ReferenceModel(net, 50);
-        var input = Naive.RandomFloats(new Random(5), 16 * 3 * 32 * 32);
-        var expected = reference.Forward(input, train);
-
-        if (train) net.Train(); else net.Eval();
-        var logits = new float[16 * net.OutputSize];
-        net.Forward(input, logits);
-        double error = Reference.MaxRelative(logits, expected.Select(v => (float)v).ToArray());
-        output.WriteLine($"ResNet-50 32x32 {(train ? "train" : "eval")}: max relative error {error:E2}");
-        Assert.True(error <= 1e-4, $"relative error {error:E3}");
+        // 16 images: train-mode BatchNorm over a handful of values per channel amplifies float rounding (at 4 images
+        // the logits differ from the double reference by 9e-4, with or without the centre-tap path).
+        AssertMatchesReferenceModel(net, 50, Naive.RandomFloats(new Random(5), 16 * 3 * 32 * 32), train, "ResNet-50 32x32");
     }
 
     /// <summary>
