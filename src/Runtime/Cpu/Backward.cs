@@ -24,10 +24,11 @@ internal static unsafe class Backward
     /// <see cref="ConvFilter"/> for the whole batch at once, for small maps: dW += gz[Cout x batch*HW] . cols^T,
     /// the batch folded into the inner dimension (one GEMM instead of one per image); gz is gathered into
     /// <paramref name="rows"/> (Cout x batch*HW floats) first, unless the batch is one image.
-    /// <paramref name="panels"/> holds <see cref="FilterPanelFloats"/> floats.
+    /// <paramref name="panels"/> holds <see cref="FilterPanelFloats"/> floats. Without <paramref name="accumulate"/>,
+    /// dW = the product (every element written).
     /// </summary>
     public static void ConvFilterFolded(float* x, float* gz, float* dw, float* panels, float* rows, int batch,
-        int cin, int h, int w, int cout, int oh, int ow, int kernel, int stride, int pad)
+        int cin, int h, int w, int cout, int oh, int ow, int kernel, int stride, int pad, bool accumulate = true)
     {
         int hw = oh * ow, q = batch * hw;
         int k = cin * kernel * kernel;
@@ -44,7 +45,7 @@ internal static unsafe class Backward
         };
         int columnPanels = (k + Gemm.NR - 1) / Gemm.NR;
         WorkerPool.Shared.Run(&PackFilterPanel, &job, columnPanels);
-        Gemm.MultiplyPackedB(Gemm.Operand.Strided(a, q, 1), cout, q, panels, k, dw, k, accumulate: true);
+        Gemm.MultiplyPackedB(Gemm.Operand.Strided(a, q, 1), cout, q, panels, k, dw, k, accumulate);
     }
 
     /// <summary>

@@ -380,23 +380,25 @@ public sealed unsafe class NetworkState
 
     /// <summary>
     /// The gradient store for backward to write layer <paramref name="layer"/> (a convolution's index, or the fc's,
-    /// one past the last), after clearing that layer's gradients if ZeroGrad marked them.
+    /// one past the last), after clearing that layer's gradients if ZeroGrad marked them. <paramref name="cleared"/>
+    /// says whether it was marked: then the gradients start from zero, and with <paramref name="weightsStoredWhole"/>
+    /// (a convolution whose filter gradient is stored, not added) its weight gradient is left for that store to write.
     /// </summary>
-    private Span<float> GradientsOfLayer(int layer)
+    private Span<float> GradientsOfLayer(int layer, out bool cleared, bool weightsStoredWhole = false)
     {
-        if (_anyClearPending) ClearPendingLayer(layer);
+        cleared = _anyClearPending && ClearPendingLayer(layer, weightsStoredWhole);
         return GradientStore;
     }
 
-    private void ClearPendingLayer(int layer)
+    private bool ClearPendingLayer(int layer, bool skipWeights = false)
     {
-        if (!_clearPending![layer]) return;
+        if (!_clearPending![layer]) return false;
         _clearPending[layer] = false;
         var store = GradientStore;
         if (layer < _spec.Convs.Length)
         {
             var c = _spec.Convs[layer];
-            ClearRange(store.Slice((int)c.Weight, c.OutChannels * c.K));
+            if (!skipWeights) ClearRange(store.Slice((int)c.Weight, c.OutChannels * c.K));
             store.Slice((int)c.BatchNorm, 2 * c.OutChannels).Clear(); // dgamma, dbeta
         }
         else
@@ -404,6 +406,7 @@ public sealed unsafe class NetworkState
             ClearRange(store.Slice((int)_spec.FcWeight, _spec.NumClasses * _spec.FcIn));
             store.Slice((int)_spec.FcBias, _spec.NumClasses).Clear();
         }
+        return true;
     }
 
     private void ClearGradients()
@@ -778,7 +781,11 @@ public sealed unsafe class NetworkState
             gx.IsEmpty ? 0 : (long)(centre ? cin : c.K) * columns);
         if (_columns.Length < scratch) _columns = new float[scratch];
         if (fold && _gradientRows.Length < cout * columns) _gradientRows = new float[cout * columns];
-        fixed (float* px = x, pz = z, pa = a, pg = g, pgr = gResidual, pgx = gx, pvalues = ValueArray, pgrads = GradientsOfLayer(index),
+        // The folded filter gradient is one GEMM over the whole batch: right after ZeroGrad it stores dW instead of
+        // adding to zeros, so that dW is neither cleared nor read first.
+        bool folded = fold && !centre;
+        var gradients = GradientsOfLayer(index, out bool cleared, weightsStoredWhole: folded);
+        fixed (float* px = x, pz = z, pa = a, pg = g, pgr = gResidual, pgx = gx, pvalues = ValueArray, pgrads = gradients,
                pmean = _bnMean[index], pinv = _bnInvStd[index], pcols = _columns, prows = _gradientRows)
         fixed (double* psums = BnSums(cout))
         {
@@ -792,13 +799,13 @@ public sealed unsafe class NetworkState
             if (centre)
             {
                 float* product = pcols + Cpu.Backward.FilterPanelFloats(columns, cin);
-                new Span<float>(product, cout * cin).Clear();
-                Cpu.Backward.ConvFilterFolded(px, pg, product, pcols, prows, batch, cin, 1, 1, cout, 1, 1, 1, 1, 0);
+                Cpu.Backward.ConvFilterFolded(px, pg, product, pcols, prows, batch, cin, 1, 1, cout, 1, 1, 1, 1, 0, accumulate: false);
                 Cpu.Backward.AddTap(product, pgrads + c.Weight + centreTap, cin, cout, taps);
             }
             else if (planes) Cpu.Backward.ConvFilterPlanes(px, pg, pgrads + c.Weight, pcols, batch, cin, h, w, cout);
             else if (pointwise) Cpu.Backward.ConvFilterPointwise(px, pg, pgrads + c.Weight, pcols, batch, cin, hw, cout);
-            else if (fold) Cpu.Backward.ConvFilterFolded(px, pg, pgrads + c.Weight, pcols, prows, batch, cin, h, w, cout, oh, ow, kernel, stride, pad);
+            else if (folded)
+                Cpu.Backward.ConvFilterFolded(px, pg, pgrads + c.Weight, pcols, prows, batch, cin, h, w, cout, oh, ow, kernel, stride, pad, accumulate: !cleared);
             else
                 for (int n = 0; n < batch; n++)
                     Cpu.Backward.ConvFilter(px + n * inPerImage, pg + n * outPerImage, pgrads + c.Weight, pcols, cin, h, w, cout, oh, ow, kernel, stride, pad);
@@ -879,7 +886,7 @@ public sealed unsafe class NetworkState
             GradientsReady?.Invoke(-1);
             return;
         }
-        var gradients = GradientsOfLayer(_spec.Convs.Length);
+        var gradients = GradientsOfLayer(_spec.Convs.Length, out _);
         Cpu.Backward.Linear(x, g, ValueArray.AsSpan((int)_spec.FcWeight, _spec.NumClasses * _spec.FcIn),
             gradients.Slice((int)_spec.FcWeight, _spec.NumClasses * _spec.FcIn), gradients.Slice((int)_spec.FcBias, _spec.NumClasses),
             gx, batch, _spec.FcIn, _spec.NumClasses);
