@@ -465,6 +465,16 @@ internal static unsafe class Backward
         int image = item / j.Cin, c = item % j.Cin;
         float* plane = j.Gx + ((long)image * j.Cin + c) * j.H * j.W;
         int hw = j.OH * j.OW;
+        if (j.Kernel == 1 && j.Stride == 1 && j.Pad == 0)
+        {
+            // A 1x1 convolution's columns are the plane itself (the small maps' planes are a few floats each).
+            float* from = j.Cols + (long)c * j.Ld + (long)image * hw;
+            int p = 0;
+            for (; p <= hw - Vector<float>.Count; p += Vector<float>.Count)
+                Unsafe.WriteUnaligned(plane + p, Unsafe.ReadUnaligned<Vector<float>>(plane + p) + Unsafe.ReadUnaligned<Vector<float>>(from + p));
+            for (; p < hw; p++) plane[p] += from[p];
+            return;
+        }
         for (int ky = 0; ky < j.Kernel; ky++)
         for (int kx = 0; kx < j.Kernel; kx++)
         {
