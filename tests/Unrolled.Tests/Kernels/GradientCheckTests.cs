@@ -127,6 +127,7 @@ public unsafe class GradientCheckTests
     [InlineData(true, false, true, 300)] // partial sums over more than one run of 256 (no ReLU: with 3,600 values some sit within the finite difference of its kink)
     [InlineData(true, true, true, 3, 19)] // maps under 16 pixels go 16 channels per item: one full group and one of 3 (a vector and a tail)
     [InlineData(false, false, true, 1, 17)]
+    [InlineData(true, true, true, 16, 18)] // a 4x4 map: the per-channel kernel, one vector per image
     public void BatchNormGradientsWithResidualAndRelu(bool batchStatistics, bool relu, bool withResidual, int hw, int channels = 4)
     {
         // Fewer planes for the long ones: the finite differences of a float forward get noisier with every value.

@@ -173,6 +173,8 @@ public class KernelTests
     [InlineData(4, 37, 4, true)]   // maps under 16 pixels: 16 channels per item, three groups, the last of 5
     [InlineData(2, 20, 15, false)] // runs of 240 and 60 floats per image
     [InlineData(32, 40, 1, true)]
+    [InlineData(3, 18, 49, true)]  // a 7x7 map (layer4 at 224x224)
+    [InlineData(2, 16, 16, false)] // the smallest map of the per-channel kernel
     public void TrainModeBatchNormMatchesReferenceAndUpdatesRunningStatistics(int n, int c, int hw, bool relu)
     {
         var rng = new Random(n * c + hw);
