@@ -9,7 +9,8 @@ namespace Unrolled.Tests;
 
 /// <summary>
 /// A training process killed with SIGKILL at random moments, many times (also while it writes its checkpoint),
-/// always leaves a loadable last checkpoint, and resuming from it ends bit for bit where an uninterrupted run ends.
+/// always leaves a loadable last checkpoint, and resuming from it ends bit for bit where an uninterrupted run ends (as
+/// do uninterrupted runs on one and on three worker threads).
 /// </summary>
 [Collection(nameof(ShippingTests))]
 public sealed class CrashTests(ITestOutputHelper output) : IDisposable
@@ -49,6 +50,18 @@ public sealed class CrashTests(ITestOutputHelper output) : IDisposable
         var (code, log, _) = ChildProcess.Run("dotnet", $"\"{TargetDll()}\" \"{cleanDir}\" {Steps}", _dir, timeoutSeconds: 120);
         Assert.True(code == 0, log);
         var expected = Weights(Path.Combine(cleanDir, "last.safetensors"));
+
+        // The same run on one worker thread and on three (more than this machine's cores) ends bit for bit the same:
+        // no sum depends on how the work is split.
+        foreach (string threads in new[] { "1", "3" })
+        {
+            string threadsDir = Directory.CreateDirectory(Path.Combine(_dir, "threads" + threads)).FullName;
+            var other = ChildProcess.Run("dotnet", $"\"{TargetDll()}\" \"{threadsDir}\" {Steps}", _dir, timeoutSeconds: 120,
+                environment: new System.Collections.Generic.Dictionary<string, string> { ["UNROLLED_THREADS"] = threads });
+            Assert.True(other.Code == 0, other.Output);
+            var weights = Weights(Path.Combine(threadsDir, "last.safetensors"));
+            for (int i = 0; i < expected.Length; i++) Assert.True(expected[i].AsSpan().SequenceEqual(weights[i]), $"tensor {i} differs on {threads} threads");
+        }
 
         // The same run, killed again and again.
         string dir = Directory.CreateDirectory(Path.Combine(_dir, "killed")).FullName;
