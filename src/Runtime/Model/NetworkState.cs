@@ -228,7 +228,7 @@ public sealed unsafe class NetworkState
             else if (_hostGradientsNeedClearing)
             {
                 _hostGradientsNeedClearing = false;
-                ClearGradients();
+                ClearRange(store);
             }
             else if (_anyClearPending)
             {
@@ -407,16 +407,6 @@ public sealed unsafe class NetworkState
             store.Slice((int)_spec.FcBias, _spec.NumClasses).Clear();
         }
         return true;
-    }
-
-    private void ClearGradients()
-    {
-        ClearRange(GradientStore);
-        if (_anyClearPending)
-        {
-            Array.Fill(_clearPending!, false);
-            _anyClearPending = false;
-        }
     }
 
     /// <summary>Zeroes <paramref name="range"/>, on every core when it is large: one core alone cannot fill the memory bandwidth.</summary>
