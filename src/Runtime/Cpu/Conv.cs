@@ -22,7 +22,7 @@ internal static unsafe class Conv
     {
         public float* X, Y, Residual, A, Scale, Bias, Packed;
         public int Cin, H, W, Cout, OH, OW, Kernel, Stride, Pad, K, N, Hw, Batch;
-        public int ColumnPanels, RowChunks, PanelsPerChunk;
+        public int ColumnPanels, RowChunks, PanelsPerChunk, PanelsPerBlock;
         // Where A is read in place: element (row, kk) at A[row * ARowStride + kk * AKStride].
         public int ARowStride, AKStride;
         public bool Relu, PackedA;
@@ -44,7 +44,7 @@ internal static unsafe class Conv
     /// <summary>
     /// y = relu?(conv(x, W) * scale + bias + residual), per output channel. <paramref name="weights"/> are the
     /// [Cout x Cin*k*k] weights as they are stored (read in place), or, with <paramref name="packedWeights"/>, the
-    /// same packed by <see cref="Gemm.PackA"/> (faster for the large batches of training); <paramref name="scale"/> and
+    /// same packed by <see cref="Gemm.PackA"/> (one stream per row panel; eval mode packs its weights once); <paramref name="scale"/> and
     /// <paramref name="bias"/> are [Cout] or empty (eval-mode BatchNorm is exactly such a scale and bias);
     /// <paramref name="residual"/> is shaped like y or empty.
     /// </summary>
@@ -68,8 +68,13 @@ internal static unsafe class Conv
         int columnPanels = (n + Gemm.NR - 1) / Gemm.NR;
         int rowPanels = Gemm.RowPanelCount(cout);
         int threads = WorkerPool.Shared.Threads;
-        // Enough items to balance the cores; row chunks are cheap now that they share the packed columns.
-        int rowChunks = Math.Clamp((4 * threads + columnPanels - 1) / columnPanels, 1, rowPanels);
+        // A work item is a chunk of row panels times a block of column panels: each row panel of A is used for every
+        // column panel of the block while it is in L1, and the block's packed columns (at most about 256 KB) stay in
+        // L2 for the chunk's rows. Enough items to balance the cores; row chunks are cheap, they share the columns.
+        int panelsPerBlock = Math.Clamp((256 << 10) / (k * Gemm.NR * sizeof(float)), 1, columnPanels);
+        int blocks = (columnPanels + panelsPerBlock - 1) / panelsPerBlock;
+        panelsPerBlock = (columnPanels + blocks - 1) / blocks;
+        int rowChunks = Math.Clamp((4 * threads + blocks - 1) / blocks, 1, rowPanels);
         int panelsPerChunk = (rowPanels + rowChunks - 1) / rowChunks;
         rowChunks = (rowPanels + panelsPerChunk - 1) / panelsPerChunk;
 
@@ -84,7 +89,7 @@ internal static unsafe class Conv
                     A = pa, Scale = scale.IsEmpty ? null : ps, Bias = bias.IsEmpty ? null : pb, Packed = packed,
                     Cin = cin, H = h, W = w, Cout = cout, OH = oh, OW = ow, Kernel = kernel, Stride = stride, Pad = pad,
                     K = k, N = n, Hw = hw, Batch = fold ? batch : 1,
-                    ColumnPanels = columnPanels, RowChunks = rowChunks, PanelsPerChunk = panelsPerChunk,
+                    ColumnPanels = columnPanels, RowChunks = rowChunks, PanelsPerChunk = panelsPerChunk, PanelsPerBlock = panelsPerBlock,
                     ARowStride = aRowStride, AKStride = aKStride, Relu = relu && !fold, PackedA = packedWeights,
                 };
                 for (int image = 0; image < (fold ? 1 : batch); image++)
@@ -93,7 +98,7 @@ internal static unsafe class Conv
                     job.Y = fold ? folded : py + (long)image * cout * hw;
                     job.Residual = residual.IsEmpty || fold ? null : pr + (long)image * cout * hw;
                     WorkerPool.Shared.Run(&Pack, &job, columnPanels);
-                    WorkerPool.Shared.Run(&Multiply, &job, columnPanels * rowChunks);
+                    WorkerPool.Shared.Run(&Multiply, &job, blocks * rowChunks);
                 }
                 if (fold)
                 {
@@ -151,19 +156,23 @@ internal static unsafe class Conv
     {
         ref Job j = ref Unsafe.AsRef<Job>(context);
         int chunk = item % j.RowChunks;
-        int panel = item / j.RowChunks;
-        int n0 = panel * Gemm.NR;
-        int cols = Math.Min(Gemm.NR, j.N - n0);
-        float* b = j.Packed + (long)panel * j.K * Gemm.NR;
+        int firstPanel = item / j.RowChunks * j.PanelsPerBlock;
+        int lastPanel = Math.Min(firstPanel + j.PanelsPerBlock, j.ColumnPanels);
         int firstRowPanel = chunk * j.PanelsPerChunk;
         int lastRowPanel = Math.Min(firstRowPanel + j.PanelsPerChunk, Gemm.RowPanelCount(j.Cout));
         for (int rp = firstRowPanel; rp < lastRowPanel; rp++)
         {
-            int m0 = Gemm.PanelStart(j.Cout, rp), height = Gemm.PanelHeight(j.Cout, rp);
-            long at = (long)m0 * j.N + n0;
-            Gemm.Tile(j.K, j.PackedA ? j.A + (long)m0 * j.K : j.A + (long)m0 * j.ARowStride,
-                j.PackedA ? Gemm.Layout.Packed(height) : new Gemm.Layout(j.ARowStride, j.AKStride), b, j.Y + at, j.N, Math.Min(height, j.Cout - m0), cols,
-                j.Scale == null ? null : j.Scale + m0, j.Bias == null ? null : j.Bias + m0, j.Residual == null ? null : j.Residual + at, j.Relu);
+            int m0 = Gemm.PanelStart(j.Cout, rp), height = Gemm.PanelHeight(j.Cout, rp), rows = Math.Min(height, j.Cout - m0);
+            float* a = j.PackedA ? j.A + (long)m0 * j.K : j.A + (long)m0 * j.ARowStride;
+            var layout = j.PackedA ? Gemm.Layout.Packed(height) : new Gemm.Layout(j.ARowStride, j.AKStride);
+            float* scale = j.Scale == null ? null : j.Scale + m0, bias = j.Bias == null ? null : j.Bias + m0;
+            for (int panel = firstPanel; panel < lastPanel; panel++)
+            {
+                int n0 = panel * Gemm.NR;
+                long at = (long)m0 * j.N + n0;
+                Gemm.Tile(j.K, a, layout, j.Packed + (long)panel * j.K * Gemm.NR, j.Y + at, j.N, rows, Math.Min(Gemm.NR, j.N - n0),
+                    scale, bias, j.Residual == null ? null : j.Residual + at, j.Relu);
+            }
         }
     }
 

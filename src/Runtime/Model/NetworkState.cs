@@ -674,6 +674,25 @@ public sealed unsafe class NetworkState
         return u;
     }
 
+    // Eval mode's direct convolutions: their weights packed into the GEMM's row panels (one stream per panel instead
+    // of a stream per row), made when first needed and again after the weights change (allocated once).
+    private float[]?[]? _packed;
+    private long[]? _packedVersion;
+
+    private ReadOnlySpan<float> PackedWeights(int index, ConvSpec c)
+    {
+        _packed ??= new float[]?[_spec.Convs.Length];
+        _packedVersion ??= new long[_spec.Convs.Length];
+        var p = _packed[index];
+        if (p is null || _packedVersion[index] != _weightsVersion)
+        {
+            p ??= _packed[index] = new float[Cpu.Gemm.PackedRows(c.OutChannels) * c.K];
+            Cpu.Gemm.PackA(Weights(c), c.OutChannels, c.K, p);
+            _packedVersion[index] = _weightsVersion;
+        }
+        return p;
+    }
+
     /// <summary>Conv + BatchNorm (+ residual) (+ ReLU): eval mode applies BN as a per-channel scale and bias in the conv's store; train mode normalizes with batch statistics.</summary>
     public void Conv(int index, ReadOnlySpan<float> x, Span<float> y, ReadOnlySpan<float> residual,
         int batch, int cin, int h, int w, int cout, int oh, int ow, int kernel, int stride, int pad, bool relu)
@@ -689,6 +708,8 @@ public sealed unsafe class NetworkState
             var tiles = Cpu.Winograd.Choose(kernel, stride, pad, batch, cin, h, w, cout);
             if (tiles != Cpu.Winograd.Tiles.None)
                 Cpu.Winograd.Forward(x, y, residual, WinogradWeights(index, c, tiles), _scale[index], _bias[index], batch, cin, h, w, cout, relu, tiles);
+            else if (!Cpu.Conv.CentreTapOnly(h, w, kernel, pad))
+                Cpu.Conv.Forward(x, y, residual, PackedWeights(index, c), _scale[index], _bias[index], batch, cin, h, w, cout, oh, ow, kernel, stride, pad, relu, packedWeights: true);
             else
                 Cpu.Conv.Forward(x, y, residual, Weights(c), _scale[index], _bias[index], batch, cin, h, w, cout, oh, ow, kernel, stride, pad, relu);
             return;

@@ -54,6 +54,7 @@ public class KernelTests
         { 34, 21, 1, 1, 14, 3, 1, 1 }, // a map of one pixel: only the centre tap meets it (a 1x1 convolution of those weights)
         { 1, 5, 1, 1, 30, 3, 2, 1 },   // the same, one image, stride 2
         { 3, 4, 1, 1, 6, 5, 1, 2 },    // a 5x5 kernel's centre tap
+        { 1, 64, 14, 14, 20, 3, 1, 1 }, // K = 576: seven column panels in blocks of three, the last block one part-filled panel
     };
 
     [Theory]
@@ -78,7 +79,7 @@ public class KernelTests
             var want = WithEpilogue(expected, oh * ow, cout, useScale ? scale : null, useBias ? bias : null, useResidual ? residual : null, relu);
             AssertClose(want, y, 1e-5, $"conv scale={useScale} bias={useBias} residual={useResidual} relu={relu}");
 
-            // The same from packed weights (the training forward): the same arithmetic, so the same bits.
+            // The same from packed weights (eval mode's): the same arithmetic, so the same bits.
             var packed = new float[Gemm.PackedRows(cout) * cin * k * k];
             Gemm.PackA(weight, cout, cin * k * k, packed);
             var yPacked = new float[expected.Length];
