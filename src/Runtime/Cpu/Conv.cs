@@ -9,9 +9,10 @@ namespace Unrolled.Cpu;
 
 /// <summary>
 /// Conv2d in NCHW as an implicit GEMM per image: out[Cout x OH*OW] = W[Cout x Cin*k*k] . cols[Cin*k*k x OH*OW].
-/// For each image, the columns are first gathered from the input straight into packed B panels ([panel][K][NR],
-/// no im2col matrix), every panel once, on all cores; then every (row chunk, column panel) tile runs on all cores,
-/// the row chunks sharing the packed panels.
+/// For each image, the columns are gathered from the input straight into packed B panels ([panel][K][NR], no im2col
+/// matrix) and multiplied in work items of (row chunk, block of column panels) on all cores: where several row
+/// chunks share a block, every panel is first gathered once in a pass of its own; where there is one chunk, each
+/// item gathers its own block just before it multiplies it.
 /// </summary>
 internal static unsafe class Conv
 {
@@ -26,6 +27,8 @@ internal static unsafe class Conv
         // Where A is read in place: element (row, kk) at A[row * ARowStride + kk * AKStride].
         public int ARowStride, AKStride;
         public bool Relu, PackedA;
+        // Each item gathers its own block of columns (into this thread's scratch) just before it multiplies them.
+        public bool PackInItem;
     }
 
     /// <summary>
@@ -40,6 +43,8 @@ internal static unsafe class Conv
     private static readonly Lock s_gate = new();
     private static Gemm.Scratch s_packed;
     private static Gemm.Scratch s_folded;
+    // A work item's own block of packed columns, when it gathers them itself (native, kept for the thread's life).
+    [ThreadStatic] private static Gemm.Scratch t_block;
 
     /// <summary>
     /// y = relu?(conv(x, W) * scale + bias + residual), per output channel. <paramref name="weights"/> are the
@@ -80,7 +85,10 @@ internal static unsafe class Conv
 
         lock (s_gate)
         {
-            float* packed = s_packed.Get((long)columnPanels * k * Gemm.NR);
+            // With one row chunk no item shares its columns with another: each gathers its own, with no separate
+            // pass and no barrier between gathering and multiplying.
+            bool packInItem = rowChunks == 1;
+            float* packed = packInItem ? null : s_packed.Get((long)columnPanels * k * Gemm.NR);
             float* folded = fold ? s_folded.Get((long)cout * n) : null;
             fixed (float* px = x, py = y, pr = residual, pa = weights, ps = scale, pb = bias)
             {
@@ -90,6 +98,7 @@ internal static unsafe class Conv
                     Cin = cin, H = h, W = w, Cout = cout, OH = oh, OW = ow, Kernel = kernel, Stride = stride, Pad = pad,
                     K = k, N = n, Hw = hw, Batch = fold ? batch : 1,
                     ColumnPanels = columnPanels, RowChunks = rowChunks, PanelsPerChunk = panelsPerChunk, PanelsPerBlock = panelsPerBlock,
+                    PackInItem = packInItem,
                     ARowStride = aRowStride, AKStride = aKStride, Relu = relu && !fold, PackedA = packedWeights,
                 };
                 for (int image = 0; image < (fold ? 1 : batch); image++)
@@ -97,7 +106,7 @@ internal static unsafe class Conv
                     job.X = px + (long)image * cin * h * w;
                     job.Y = fold ? folded : py + (long)image * cout * hw;
                     job.Residual = residual.IsEmpty || fold ? null : pr + (long)image * cout * hw;
-                    WorkerPool.Shared.Run(&Pack, &job, columnPanels);
+                    if (!job.PackInItem) WorkerPool.Shared.Run(&Pack, &job, columnPanels);
                     WorkerPool.Shared.Run(&Multiply, &job, blocks * rowChunks);
                 }
                 if (fold)
@@ -158,6 +167,17 @@ internal static unsafe class Conv
         int chunk = item % j.RowChunks;
         int firstPanel = item / j.RowChunks * j.PanelsPerBlock;
         int lastPanel = Math.Min(firstPanel + j.PanelsPerBlock, j.ColumnPanels);
+        float* packed;
+        if (!j.PackInItem) packed = j.Packed + (long)firstPanel * j.K * Gemm.NR;
+        else
+        {
+            packed = t_block.Get((long)j.PanelsPerBlock * j.K * Gemm.NR);
+            for (int panel = firstPanel; panel < lastPanel; panel++)
+            {
+                int n0 = panel * Gemm.NR;
+                PackColumns(ref j, n0, Math.Min(Gemm.NR, j.N - n0), packed + (long)(panel - firstPanel) * j.K * Gemm.NR);
+            }
+        }
         int firstRowPanel = chunk * j.PanelsPerChunk;
         int lastRowPanel = Math.Min(firstRowPanel + j.PanelsPerChunk, Gemm.RowPanelCount(j.Cout));
         for (int rp = firstRowPanel; rp < lastRowPanel; rp++)
@@ -170,7 +190,7 @@ internal static unsafe class Conv
             {
                 int n0 = panel * Gemm.NR;
                 long at = (long)m0 * j.N + n0;
-                Gemm.Tile(j.K, a, layout, j.Packed + (long)panel * j.K * Gemm.NR, j.Y + at, j.N, rows, Math.Min(Gemm.NR, j.N - n0),
+                Gemm.Tile(j.K, a, layout, packed + (long)(panel - firstPanel) * j.K * Gemm.NR, j.Y + at, j.N, rows, Math.Min(Gemm.NR, j.N - n0),
                     scale, bias, j.Residual == null ? null : j.Residual + at, j.Relu);
             }
         }

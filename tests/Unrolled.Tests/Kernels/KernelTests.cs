@@ -55,6 +55,7 @@ public class KernelTests
         { 1, 5, 1, 1, 30, 3, 2, 1 },   // the same, one image, stride 2
         { 3, 4, 1, 1, 6, 5, 1, 2 },    // a 5x5 kernel's centre tap
         { 1, 64, 14, 14, 20, 3, 1, 1 }, // K = 576: seven column panels in blocks of three, the last block one part-filled panel
+        { 1, 16, 40, 40, 12, 3, 1, 1 }, // one row panel: each item gathers its own block (50 panels in blocks of 13 and 11)
     };
 
     [Theory]
