@@ -437,13 +437,17 @@ public class WinogradNetworkTests
         var x = Naive.RandomFloats(new Random(3), batch * Wide18.InputSize);
         var labels = Enumerable.Range(0, batch).Select(i => i % 3).ToArray();
 
-        Assert.Equal(Unrolled.Cpu.Winograd.Tiles.F4, Unrolled.Cpu.Winograd.Choose(3, 1, 1, batch, 64, 16, 16, 64));
+        // Maps of 16x16 take F(2x2, 3x3) as chosen; this network's use of F(4x4, 3x3) is checked by choosing it there.
+        Assert.Equal(Unrolled.Cpu.Winograd.Tiles.F2, Unrolled.Cpu.Winograd.Choose(3, 1, 1, batch, 64, 16, 16, 64));
         (float[] Eval, float Loss, float[] Gradient, float[] Stem, float[] After) Run(bool direct, bool smallTiles = false)
         {
             Unrolled.Cpu.Winograd.Off = direct;
             Unrolled.Cpu.Winograd.SmallTilesOnly = smallTiles;
+            Unrolled.Cpu.Winograd.LargeTilesFrom = 16;
             try
             {
+                Assert.Equal(direct ? Unrolled.Cpu.Winograd.Tiles.None : smallTiles ? Unrolled.Cpu.Winograd.Tiles.F2 : Unrolled.Cpu.Winograd.Tiles.F4,
+                    Unrolled.Cpu.Winograd.Choose(3, 1, 1, batch, 64, 16, 16, 64));
                 var net = new Wide18();
                 var eval = new float[batch * 3];
                 net.Eval();
@@ -466,6 +470,7 @@ public class WinogradNetworkTests
             {
                 Unrolled.Cpu.Winograd.Off = false;
                 Unrolled.Cpu.Winograd.SmallTilesOnly = false;
+                Unrolled.Cpu.Winograd.LargeTilesFrom = 28;
             }
         }
 

@@ -41,6 +41,9 @@ internal static unsafe class Winograd
     /// <summary>Tests and `--ab-tiles` only: F(2x2, 3x3) everywhere Winograd is used.</summary>
     internal static volatile bool SmallTilesOnly;
 
+    /// <summary>The smallest map side F(4x4, 3x3) is chosen for (see <see cref="Choose"/>); tests lower it to run it on small networks.</summary>
+    internal static volatile int LargeTilesFrom = 28;
+
     /// <summary>The tile of a Winograd convolution: outputs per side (2 or 4); the input tile is 2 more.</summary>
     public enum Tiles
     {
@@ -229,14 +232,17 @@ internal static unsafe class Winograd
     /// only with at least two chunks of tiles (ResNet-50's 7x7 maps at batch 1 have one: the direct convolution, on
     /// every core, is faster there). F(4x4, 3x3) where its tiles make two chunks and a chunk's transformed inputs and
     /// products (36 x 128 bytes per channel each) stay near the core's 1 MB L2, at most 128 channels in and out (with
-    /// 256 channels at 14x14 it measured slower than F(2x2, 3x3): 6.7 against 5.8 ms at batch 8), else F(2x2, 3x3)
-    /// where its tiles make two chunks. The choice does not depend on the number of cores, so neither do the results.
+    /// 256 channels at 14x14 it measured slower than F(2x2, 3x3): 6.7 against 5.8 ms at batch 8) and on maps of at
+    /// least 28x28 (on smaller ones its rows hold few tiles and the transforms cost more than the products save:
+    /// 64 channels at 8x8, batch 32, 1.05-1.54 against 0.86-1.03 ms; at 24x24, batch 1, 0.31 against 0.22 ms; at
+    /// 16x16 and 14x14 the two tie), else F(2x2, 3x3) where its tiles make two chunks. The choice does not depend on
+    /// the number of cores, so neither do the results.
     /// </summary>
     public static Tiles Choose(int kernel, int stride, int pad, int batch, int cin, int h, int w, int cout)
     {
         // A map of one pixel is a 1x1 convolution of the centre taps (Conv.CentreTapOnly): one product, not 16.
         if (kernel != 3 || stride != 1 || pad != 1 || !Enabled || Off || cin < 64 || (h == 1 && w == 1)) return Tiles.None;
-        if (s_largeTiles && !SmallTilesOnly && cin <= 128 && cout <= 128 && Chunks(batch, h, w, 4) >= 2) return Tiles.F4;
+        if (s_largeTiles && !SmallTilesOnly && cin <= 128 && cout <= 128 && h >= LargeTilesFrom && w >= LargeTilesFrom && Chunks(batch, h, w, 4) >= 2) return Tiles.F4;
         return Chunks(batch, h, w, 2) >= 2 ? Tiles.F2 : Tiles.None;
     }
 
