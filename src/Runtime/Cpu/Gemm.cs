@@ -71,17 +71,38 @@ internal static unsafe class Gemm
         }
     }
 
-    /// <summary>Packs a row-major [M x K] matrix into row panels ([panel][k][height]), zero-padding the last panel.</summary>
+    /// <summary>
+    /// Packs a row-major [M x K] matrix into row panels ([panel][k][height]), zero-padding the last panel: a panel per
+    /// work item on all cores, each written front to back.
+    /// </summary>
     public static void PackA(ReadOnlySpan<float> a, int m, int k, Span<float> packed)
     {
-        packed = packed.Slice(0, PackedRows(m) * k);
-        packed.Clear();
-        for (int row = 0; row < m; row++)
+        if (a.Length < (long)m * k || packed.Length < (long)PackedRows(m) * k)
+            throw new ArgumentException("internal: PackA of mismatched sizes");
+        fixed (float* pa = a, pp = packed)
         {
-            PanelOf(m, row, out int start, out int height);
-            var src = a.Slice(row * k, k);
-            var dst = packed.Slice(start * k + row - start);
-            for (int kk = 0; kk < k; kk++) dst[kk * height] = src[kk];
+            var job = new PackAJob { A = pa, Packed = pp, M = m, K = k };
+            WorkerPool.Shared.Run(&PackAPanel, &job, RowPanelCount(m));
+        }
+    }
+
+    private struct PackAJob
+    {
+        public float* A, Packed;
+        public int M, K;
+    }
+
+    private static void PackAPanel(void* context, int panel)
+    {
+        ref PackAJob j = ref Unsafe.AsRef<PackAJob>(context);
+        int start = PanelStart(j.M, panel), height = PanelHeight(j.M, panel), rows = Math.Min(height, j.M - start);
+        float* dst = j.Packed + (long)start * j.K;
+        float* src = j.A + (long)start * j.K;
+        for (int kk = 0; kk < j.K; kk++, dst += height)
+        {
+            int r = 0;
+            for (; r < rows; r++) dst[r] = src[(long)r * j.K + kk];
+            for (; r < height; r++) dst[r] = 0f;
         }
     }
 
