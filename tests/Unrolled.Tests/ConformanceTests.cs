@@ -39,6 +39,29 @@ public class ConformanceTests(ITestOutputHelper output)
     public void ResNet50OnTwoPhotosMatchesPyTorch() =>
         Check(new ResNet50(), Reference.SharedOrSkip("resnet50_seed1.pth"), Reference.SharedOrSkip("resnet50_seed1_io.safetensors"), 1000);
 
+    /// <summary>
+    /// Each photo alone: batch 1 takes other paths than batch 2 (no folded small maps; the 7x7 and 14x14 maps'
+    /// convolutions computed transposed, pixels as the GEMM's rows).
+    /// </summary>
+    [Fact]
+    public void ResNet50AtBatchOneMatchesPyTorch()
+    {
+        var net = new ResNet50();
+        net.LoadWeights(Reference.SharedOrSkip("resnet50_seed1.pth"));
+        net.Eval();
+        var io = Reference.Load(Reference.SharedOrSkip("resnet50_seed1_io.safetensors"));
+        var logits = new float[1000];
+        for (int image = 0; image < 2; image++)
+        {
+            net.Forward(io["input"].Data.AsSpan(image * ResNet50.InputSize, ResNet50.InputSize), logits);
+            var expected = io["logits_eval"].Data.AsSpan(image * 1000, 1000).ToArray();
+            double error = Reference.MaxRelative(logits, expected);
+            output.WriteLine($"resnet50_seed1, image {image} alone: max |ours - torch| / max |torch| = {error:E3}");
+            Assert.True(error <= Tolerance, $"image {image}: relative error {error:E3} > {Tolerance:E0}");
+            Assert.Equal(Reference.ArgMax(expected, 1000), Reference.ArgMax(logits, 1000));
+        }
+    }
+
     /// <summary>From the photo files through our preprocessing to PyTorch's top-1 (the inputs differ by the resampler only).</summary>
     [Fact]
     public void ResNet50FromPhotoFilesGivesPyTorchsTopClass()

@@ -118,6 +118,143 @@ internal static unsafe class Conv
         }
     }
 
+    /// <summary>
+    /// Whether a batch-1 convolution runs faster transposed (<see cref="ForwardTransposed"/>): its pixels as the GEMM's
+    /// rows, cut into panels of 12 and 8, rather than its columns, cut into panels of 32. A 7x7 map fills 49 of 64
+    /// columns but 49 of 52 rows; a 14x14 map 196 of 224 columns but every row. Not for larger batches: their small
+    /// maps are folded into one GEMM (<see cref="FoldBelow"/>), whose columns the batch fills. Nor for fewer than
+    /// 1024 input taps: the transposed store of each tile costs about as much as the rows save there (ResNet-50's
+    /// 512 -> 2048 1x1 at 7x7: 0.85 against 0.79 ms; 2048 -> 512: 0.73 against 0.79; 1024 -> 256 at 14x14: 0.48 against
+    /// 0.57; the 3x3 at 7x7: 1.46 against 1.93).
+    /// </summary>
+    public static bool TransposedPays(int batch, int cin, int h, int w, int oh, int ow, int kernel, int pad)
+    {
+        if (batch != 1 || cin * kernel * kernel < 1024 || CentreTapOnly(h, w, kernel, pad)) return false;
+        int hw = oh * ow;
+        long columns = (long)(hw + Gemm.NR - 1) / Gemm.NR * Gemm.NR;
+        return Gemm.PackedRows(hw) * 20L < columns * 19;
+    }
+
+    private struct TransposedJob
+    {
+        // A: the packed pixel rows [panel][K][height], or null where X is read in place (1x1 stride 1).
+        public float* X, Y, Residual, A, B, Scale, Bias;
+        public int Cin, H, W, Cout, OW, Kernel, Stride, Pad, K, Hw;
+        public int RowChunks, RowPanelsPerChunk, PanelsPerBlock;
+        public bool Relu;
+    }
+
+    /// <summary>
+    /// One image's convolution computed as its transpose, out^T[OH*OW x Cout] = cols^T . W^T: the pixels are the GEMM's
+    /// rows (the broadcast operand, read in place for 1x1 stride 1, else gathered into row panels first) and the output
+    /// channels its columns, from <paramref name="weightPanels"/>, the weights as <see cref="Gemm.PackTransposedB"/>
+    /// packs them. Each tile is stored transposed into NCHW with the same epilogue as <see cref="Forward"/>; every sum
+    /// runs over the same terms in the same order, so the results are <see cref="Forward"/>'s to the bit.
+    /// </summary>
+    public static void ForwardTransposed(ReadOnlySpan<float> x, Span<float> y, ReadOnlySpan<float> residual,
+        ReadOnlySpan<float> weightPanels, ReadOnlySpan<float> scale, ReadOnlySpan<float> bias,
+        int cin, int h, int w, int cout, int oh, int ow, int kernel, int stride, int pad, bool relu)
+    {
+        int hw = oh * ow, k = cin * kernel * kernel;
+        if (x.Length < (long)cin * h * w || y.Length < (long)cout * hw || weightPanels.Length < Gemm.TransposedBFloats(cout, k))
+            throw new ArgumentException("internal: transposed convolution of mismatched sizes");
+        int rowPanels = Gemm.RowPanelCount(hw), columnPanels = (cout + Gemm.NR - 1) / Gemm.NR;
+        int threads = WorkerPool.Shared.Threads;
+        // Items of a block of output-channel panels times a chunk of pixel panels, about four per thread; each
+        // weight panel is read once per chunk, the pixel panels (at most a few hundred KB) stay in L2.
+        int blocks = Math.Min(columnPanels, 4 * threads);
+        int panelsPerBlock = (columnPanels + blocks - 1) / blocks;
+        blocks = (columnPanels + panelsPerBlock - 1) / panelsPerBlock;
+        int rowChunks = Math.Clamp((4 * threads + blocks - 1) / blocks, 1, rowPanels);
+        int rowPanelsPerChunk = (rowPanels + rowChunks - 1) / rowChunks;
+        rowChunks = (rowPanels + rowPanelsPerChunk - 1) / rowPanelsPerChunk;
+        bool inPlace = kernel == 1 && stride == 1 && pad == 0;
+
+        lock (s_gate)
+        {
+            float* packed = inPlace ? null : s_packed.Get((long)Gemm.PackedRows(hw) * k);
+            fixed (float* px = x, py = y, pr = residual, pw = weightPanels, ps = scale, pb = bias)
+            {
+                var job = new TransposedJob
+                {
+                    X = px, Y = py, Residual = residual.IsEmpty ? null : pr, A = packed, B = pw,
+                    Scale = scale.IsEmpty ? null : ps, Bias = bias.IsEmpty ? null : pb,
+                    Cin = cin, H = h, W = w, Cout = cout, OW = ow, Kernel = kernel, Stride = stride, Pad = pad, K = k, Hw = hw,
+                    RowChunks = rowChunks, RowPanelsPerChunk = rowPanelsPerChunk, PanelsPerBlock = panelsPerBlock, Relu = relu,
+                };
+                if (!inPlace) WorkerPool.Shared.Run(&PackPixelRows, &job, rowPanels);
+                WorkerPool.Shared.Run(&MultiplyTransposed, &job, blocks * rowChunks);
+            }
+        }
+    }
+
+    /// <summary>Row panel <paramref name="panel"/> of cols^T: [K][height], element (kk, r) the input tap kk of pixel m0 + r (0 outside).</summary>
+    [SkipLocalsInit]
+    private static void PackPixelRows(void* context, int panel)
+    {
+        ref TransposedJob j = ref Unsafe.AsRef<TransposedJob>(context);
+        int m0 = Gemm.PanelStart(j.Hw, panel), height = Gemm.PanelHeight(j.Hw, panel), rows = Math.Min(height, j.Hw - m0);
+        // Each pixel's top-left input position; rows past the map read nothing (their ix is out of every row).
+        int* iy0 = stackalloc int[Gemm.MR];
+        int* ix0 = stackalloc int[Gemm.MR];
+        for (int r = 0; r < height; r++)
+        {
+            int p = m0 + Math.Min(r, rows - 1);
+            iy0[r] = p / j.OW * j.Stride - j.Pad;
+            ix0[r] = r < rows ? p % j.OW * j.Stride - j.Pad : int.MinValue / 2;
+        }
+        float* dst = j.A + (long)m0 * j.K;
+        for (int c = 0; c < j.Cin; c++)
+        {
+            float* plane = j.X + (long)c * j.H * j.W;
+            for (int ky = 0; ky < j.Kernel; ky++)
+                for (int kx = 0; kx < j.Kernel; kx++, dst += height)
+                    for (int r = 0; r < height; r++)
+                    {
+                        int iy = iy0[r] + ky, ix = ix0[r] + kx;
+                        dst[r] = (uint)iy < (uint)j.H && (uint)ix < (uint)j.W ? plane[iy * j.W + ix] : 0f;
+                    }
+        }
+    }
+
+    [SkipLocalsInit]
+    private static void MultiplyTransposed(void* context, int item)
+    {
+        ref TransposedJob j = ref Unsafe.AsRef<TransposedJob>(context);
+        float* tile = stackalloc float[Gemm.MR * Gemm.NR];
+        int chunk = item % j.RowChunks;
+        int firstPanel = item / j.RowChunks * j.PanelsPerBlock;
+        int lastPanel = Math.Min(firstPanel + j.PanelsPerBlock, (j.Cout + Gemm.NR - 1) / Gemm.NR);
+        int firstRowPanel = chunk * j.RowPanelsPerChunk;
+        int lastRowPanel = Math.Min(firstRowPanel + j.RowPanelsPerChunk, Gemm.RowPanelCount(j.Hw));
+        for (int panel = firstPanel; panel < lastPanel; panel++)
+        {
+            int n0 = panel * Gemm.NR, cols = Math.Min(Gemm.NR, j.Cout - n0);
+            float* b = j.B + (long)panel * j.K * Gemm.NR;
+            for (int rp = firstRowPanel; rp < lastRowPanel; rp++)
+            {
+                int m0 = Gemm.PanelStart(j.Hw, rp), height = Gemm.PanelHeight(j.Hw, rp), rows = Math.Min(height, j.Hw - m0);
+                float* a = j.A == null ? j.X + m0 : j.A + (long)m0 * j.K;
+                var layout = j.A == null ? new Gemm.Layout(1, j.Hw) : Gemm.Layout.Packed(height);
+                Gemm.Tile(j.K, a, layout, b, tile, Gemm.NR, rows, Gemm.NR, null, null, null, false);
+                // tile[r][c] is output channel n0 + c at pixel m0 + r: a run of rows pixels per channel.
+                for (int c = 0; c < cols; c++)
+                {
+                    float scale = j.Scale == null ? 1f : j.Scale[n0 + c], bias = j.Bias == null ? 0f : j.Bias[n0 + c];
+                    long at = (long)(n0 + c) * j.Hw + m0;
+                    float* dst = j.Y + at, res = j.Residual == null ? null : j.Residual + at;
+                    for (int r = 0; r < rows; r++)
+                    {
+                        float v = MathF.FusedMultiplyAdd(tile[r * Gemm.NR + c], scale, bias);
+                        if (res != null) v += res[r];
+                        if (j.Relu && v < 0f) v = 0f;
+                        dst[r] = v;
+                    }
+                }
+            }
+        }
+    }
+
     private struct ScatterJob
     {
         public float* From, Y, Residual;

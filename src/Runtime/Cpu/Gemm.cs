@@ -22,13 +22,14 @@ internal static unsafe class Gemm
 
     // A's rows are cut into panels: full panels of MR rows, then one or two of MRSmall for the rest. A multiple of 4
     // is cut exactly (64 = 4 x 12 + 2 x 8, 256 = 20 x 12 + 2 x 8: the two kernels run at the same speed per FMA, so
-    // rows computed only to be thrown away are the waste to avoid).
+    // rows computed only to be thrown away are the waste to avoid), and one row past a multiple of 12 takes 16 rows,
+    // not 20 (the 49 pixels of a 7x7 map: 3 x 12 + 2 x 8 = 52).
 
     /// <summary>How many full panels of <see cref="MR"/> rows an M-row operand starts with.</summary>
     private static int FullPanels(int m)
     {
         int full = m / MR;
-        return m % MR == 4 && full > 0 ? full - 1 : full;
+        return (m % MR == 4 || m % MR == 1) && full > 0 ? full - 1 : full;
     }
 
     /// <summary>How many row panels an M-row operand has.</summary>
@@ -75,27 +76,42 @@ internal static unsafe class Gemm
     /// Packs a row-major [M x K] matrix into row panels ([panel][k][height]), zero-padding the last panel: a panel per
     /// work item on all cores, each written front to back.
     /// </summary>
-    public static void PackA(ReadOnlySpan<float> a, int m, int k, Span<float> packed)
+    public static void PackA(ReadOnlySpan<float> a, int m, int k, Span<float> packed) => PackRows(a, m, k, packed, 0);
+
+    /// <summary>
+    /// Packs a row-major [N x K] matrix, B^T, into B's column panels ([panel][k][NR], zero-padded): the weights of a
+    /// convolution computed transposed (<see cref="Conv.ForwardTransposed"/>), whose output channels are the columns.
+    /// </summary>
+    public static void PackTransposedB(ReadOnlySpan<float> bT, int n, int k, Span<float> packed) => PackRows(bT, n, k, packed, NR);
+
+    /// <summary>Floats of <see cref="PackTransposedB"/>'s result.</summary>
+    public static long TransposedBFloats(int n, int k) => (long)(n + NR - 1) / NR * NR * k;
+
+    private static void PackRows(ReadOnlySpan<float> a, int m, int k, Span<float> packed, int height)
     {
-        if (a.Length < (long)m * k || packed.Length < (long)PackedRows(m) * k)
-            throw new ArgumentException("internal: PackA of mismatched sizes");
+        long rows = height == 0 ? PackedRows(m) : (m + height - 1) / height * (long)height;
+        if (a.Length < (long)m * k || packed.Length < rows * k)
+            throw new ArgumentException("internal: packing of mismatched sizes");
         fixed (float* pa = a, pp = packed)
         {
-            var job = new PackAJob { A = pa, Packed = pp, M = m, K = k };
-            WorkerPool.Shared.Run(&PackAPanel, &job, RowPanelCount(m));
+            var job = new PackJob { A = pa, Packed = pp, M = m, K = k, Height = height };
+            WorkerPool.Shared.Run(&PackPanel, &job, height == 0 ? RowPanelCount(m) : (int)(rows / height));
         }
     }
 
-    private struct PackAJob
+    private struct PackJob
     {
         public float* A, Packed;
         public int M, K;
+        // Every panel's height, or 0 for A's panels of MR and MRSmall rows.
+        public int Height;
     }
 
-    private static void PackAPanel(void* context, int panel)
+    private static void PackPanel(void* context, int panel)
     {
-        ref PackAJob j = ref Unsafe.AsRef<PackAJob>(context);
-        int start = PanelStart(j.M, panel), height = PanelHeight(j.M, panel), rows = Math.Min(height, j.M - start);
+        ref PackJob j = ref Unsafe.AsRef<PackJob>(context);
+        int start = j.Height == 0 ? PanelStart(j.M, panel) : panel * j.Height;
+        int height = j.Height == 0 ? PanelHeight(j.M, panel) : j.Height, rows = Math.Min(height, j.M - start);
         float* dst = j.Packed + (long)start * j.K;
         float* src = j.A + (long)start * j.K;
         for (int kk = 0; kk < j.K; kk++, dst += height)

@@ -675,20 +675,31 @@ public sealed unsafe class NetworkState
     }
 
     // Eval mode's direct convolutions: their weights packed into the GEMM's row panels (one stream per panel instead
-    // of a stream per row), made when first needed and again after the weights change (allocated once).
-    private float[]?[]? _packed;
-    private long[]? _packedVersion;
+    // of a stream per row), or, for the batch-1 convolutions computed transposed, into its column panels; made when
+    // first needed and again after the weights change (allocated once).
+    private float[]?[]? _packed, _packedTransposed;
+    private long[]? _packedVersion, _packedTransposedVersion;
 
-    private ReadOnlySpan<float> PackedWeights(int index, ConvSpec c)
+    private ReadOnlySpan<float> PackedWeights(int index, ConvSpec c, bool transposed = false)
     {
-        _packed ??= new float[]?[_spec.Convs.Length];
-        _packedVersion ??= new long[_spec.Convs.Length];
-        var p = _packed[index];
-        if (p is null || _packedVersion[index] != _weightsVersion)
+        ref float[]?[]? cache = ref transposed ? ref _packedTransposed : ref _packed;
+        ref long[]? versions = ref transposed ? ref _packedTransposedVersion : ref _packedVersion;
+        cache ??= new float[]?[_spec.Convs.Length];
+        versions ??= new long[_spec.Convs.Length];
+        var p = cache[index];
+        if (p is null || versions[index] != _weightsVersion)
         {
-            p ??= _packed[index] = new float[Cpu.Gemm.PackedRows(c.OutChannels) * c.K];
-            Cpu.Gemm.PackA(Weights(c), c.OutChannels, c.K, p);
-            _packedVersion[index] = _weightsVersion;
+            if (transposed)
+            {
+                p ??= cache[index] = new float[Cpu.Gemm.TransposedBFloats(c.OutChannels, c.K)];
+                Cpu.Gemm.PackTransposedB(Weights(c), c.OutChannels, c.K, p);
+            }
+            else
+            {
+                p ??= cache[index] = new float[Cpu.Gemm.PackedRows(c.OutChannels) * c.K];
+                Cpu.Gemm.PackA(Weights(c), c.OutChannels, c.K, p);
+            }
+            versions[index] = _weightsVersion;
         }
         return p;
     }
@@ -708,6 +719,8 @@ public sealed unsafe class NetworkState
             var tiles = Cpu.Winograd.Choose(kernel, stride, pad, batch, cin, h, w, cout);
             if (tiles != Cpu.Winograd.Tiles.None)
                 Cpu.Winograd.Forward(x, y, residual, WinogradWeights(index, c, tiles), _scale[index], _bias[index], batch, cin, h, w, cout, relu, tiles);
+            else if (Cpu.Conv.TransposedPays(batch, cin, h, w, oh, ow, kernel, pad))
+                Cpu.Conv.ForwardTransposed(x, y, residual, PackedWeights(index, c, transposed: true), _scale[index], _bias[index], cin, h, w, cout, oh, ow, kernel, stride, pad, relu);
             else if (!Cpu.Conv.CentreTapOnly(h, w, kernel, pad))
                 Cpu.Conv.Forward(x, y, residual, PackedWeights(index, c), _scale[index], _bias[index], batch, cin, h, w, cout, oh, ow, kernel, stride, pad, relu, packedWeights: true);
             else

@@ -56,6 +56,9 @@ public class KernelTests
         { 3, 4, 1, 1, 6, 5, 1, 2 },    // a 5x5 kernel's centre tap
         { 1, 64, 14, 14, 20, 3, 1, 1 }, // K = 576: seven column panels in blocks of three, the last block one part-filled panel
         { 1, 16, 40, 40, 12, 3, 1, 1 }, // one row panel: each item gathers its own block (50 panels in blocks of 13 and 11)
+        { 1, 24, 7, 7, 70, 1, 1, 0 },   // 49 pixels: transposed, read in place, rows 3 x 12 + 2 x 8, a part-filled channel panel
+        { 1, 20, 14, 14, 40, 3, 2, 1 }, // 14x14 -> 7x7 at stride 2: transposed, the pixel rows gathered
+        { 1, 16, 14, 14, 33, 3, 1, 1 }, // 196 pixels: transposed, 15 x 12 + 2 x 8 rows
     };
 
     [Theory]
@@ -87,6 +90,16 @@ public class KernelTests
             Conv.Forward(x, yPacked, useResidual ? residual : default, packed, useScale ? scale : default, useBias ? bias : default,
                 batch, cin, h, w, cout, oh, ow, k, stride, pad, relu, packedWeights: true);
             Assert.Equal(y, yPacked);
+
+            // The first image transposed (pixels as the GEMM's rows): the same sums, so the same bits.
+            var panels = new float[Gemm.TransposedBFloats(cout, cin * k * k)];
+            Gemm.PackTransposedB(weight, cout, cin * k * k, panels);
+            int inImage = cin * h * w, outImage = cout * oh * ow;
+            var yT = new float[outImage];
+            yT.AsSpan().Fill(float.NaN);
+            Conv.ForwardTransposed(x.AsSpan(0, inImage), yT, useResidual ? residual.AsSpan(0, outImage) : default, panels,
+                useScale ? scale : default, useBias ? bias : default, cin, h, w, cout, oh, ow, k, stride, pad, relu);
+            Assert.Equal(y.AsSpan(0, outImage).ToArray(), yT);
         }
     }
 
