@@ -204,6 +204,41 @@ internal static unsafe class Conv
             ix0[r] = r < rows ? p % j.OW * j.Stride - j.Pad : int.MinValue / 2;
         }
         float* dst = j.A + (long)m0 * j.K;
+        int taps = j.Kernel * j.Kernel;
+        if (Avx2.IsSupported && taps <= MaxGatherTaps)
+        {
+            // Every tap reads the same pixels of each channel's plane at the same offsets: the offsets and which of
+            // them fall inside the map, per tap, once; then per channel and tap one masked gather of the panel's
+            // rows (8, and 4 more for a panel of 12). Masked-off lanes read nothing and give 0, as padding does.
+            var offsets = stackalloc Vector256<int>[2 * MaxGatherTaps];
+            var masks = stackalloc Vector256<float>[2 * MaxGatherTaps];
+            int* lane = stackalloc int[2 * 8];
+            float* valid = stackalloc float[2 * 8];
+            for (int ky = 0, t = 0; ky < j.Kernel; ky++)
+                for (int kx = 0; kx < j.Kernel; kx++, t++)
+                {
+                    for (int r = 0; r < 16; r++)
+                    {
+                        int iy = r < height ? iy0[r] + ky : -1, ix = r < height ? ix0[r] + kx : -1;
+                        bool inside = (uint)iy < (uint)j.H && (uint)ix < (uint)j.W;
+                        lane[r] = inside ? iy * j.W + ix : 0;
+                        valid[r] = inside ? -1f : 0f; // the sign bit selects the lane
+                    }
+                    offsets[2 * t] = Vector256.Load(lane); offsets[2 * t + 1] = Vector256.Load(lane + 8);
+                    masks[2 * t] = Vector256.Load(valid); masks[2 * t + 1] = Vector256.Load(valid + 8);
+                }
+            for (int c = 0; c < j.Cin; c++)
+            {
+                float* plane = j.X + (long)c * j.H * j.W;
+                for (int t = 0; t < taps; t++, dst += height)
+                {
+                    Avx2.GatherMaskVector256(Vector256<float>.Zero, plane, offsets[2 * t], masks[2 * t], 4).Store(dst);
+                    if (height == Gemm.MR)
+                        Avx2.GatherMaskVector128(Vector128<float>.Zero, plane, offsets[2 * t + 1].GetLower(), masks[2 * t + 1].GetLower(), 4).Store(dst + 8);
+                }
+            }
+            return;
+        }
         for (int c = 0; c < j.Cin; c++)
         {
             float* plane = j.X + (long)c * j.H * j.W;
@@ -216,6 +251,9 @@ internal static unsafe class Conv
                     }
         }
     }
+
+    /// <summary>Kernels of up to 7x7 gather their pixel rows with AVX2 (<see cref="PackPixelRows"/>).</summary>
+    private const int MaxGatherTaps = 49;
 
     [SkipLocalsInit]
     private static void MultiplyTransposed(void* context, int item)
