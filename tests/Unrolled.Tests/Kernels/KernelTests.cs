@@ -111,6 +111,7 @@ public class KernelTests
     [InlineData(1, 3, 1, 1, 5)]     // one pixel: one tile, mostly padding
     [InlineData(3, 20, 9, 38, 13)]  // F(4x4, 3x3): a row of tiles longer than 16 lanes, cut at both edges
     [InlineData(2, 128, 28, 28, 24)] // a ResNet-50 layer2 shape with many input channels
+    [InlineData(1, 5, 6, 70, 7)]    // tile rows of 18 (F(4x4, 3x3)) and 35 tiles: a run fills a vector of 16 and goes on
     public void WinogradMatchesReferenceWithEveryEpilogue(int batch, int cin, int h, int w, int cout)
     {
         foreach (var tiles in new[] { Winograd.Tiles.F2, Winograd.Tiles.F4 }) WinogradMatchesReference(batch, cin, h, w, cout, tiles);
