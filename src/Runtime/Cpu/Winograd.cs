@@ -319,7 +319,6 @@ internal static unsafe class Winograd
     private static void TransformOutput(ref Job j, int n, int ty, int tx0, int length, float* m)
     {
         long xi1 = (long)j.Cout * Gemm.NR;
-        float* block = stackalloc float[Lanes];
         for (int k = 0; k < j.Cout; k++)
         {
             OutputChannel(ref j, n, k, out var scale, out var bias, out float* y, out float* res);
@@ -337,9 +336,9 @@ internal static unsafe class Winograd
                 var s13 = Vector512.Load(src + 7 * xi1) - Vector512.Load(src + 11 * xi1) - Vector512.Load(src + 15 * xi1);
                 int tx = tx0 + t;
                 int columns = Math.Min(2 * Math.Min(Lanes, length - t), j.W - 2 * tx);
-                WriteRow(s00 + s01 + s02, s01 - s02 - s03, y, res, (long)(2 * ty) * j.W + 2 * tx, columns, scale, bias, j.Relu, block);
+                WriteRow(s00 + s01 + s02, s01 - s02 - s03, y, res, (long)(2 * ty) * j.W + 2 * tx, columns, scale, bias, j.Relu);
                 if (2 * ty + 1 < j.H)
-                    WriteRow(s10 + s11 + s12, s11 - s12 - s13, y, res, (long)(2 * ty + 1) * j.W + 2 * tx, columns, scale, bias, j.Relu, block);
+                    WriteRow(s10 + s11 + s12, s11 - s12 - s13, y, res, (long)(2 * ty + 1) * j.W + 2 * tx, columns, scale, bias, j.Relu);
             }
         }
     }
@@ -361,10 +360,10 @@ internal static unsafe class Winograd
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void WriteRow(Vector512<float> even, Vector512<float> odd, float* y, float* residual, long at, int columns,
-        Vector512<float> scale, Vector512<float> bias, bool relu, float* block)
+        Vector512<float> scale, Vector512<float> bias, bool relu)
     {
-        WriteOutputs(Avx512F.PermuteVar16x32x2(even, s_interleaveLow, odd), y, residual, at, columns, scale, bias, relu, block);
-        WriteOutputs(Avx512F.PermuteVar16x32x2(even, s_interleaveHigh, odd), y, residual, at + Lanes, columns - Lanes, scale, bias, relu, block);
+        WriteOutputs(Avx512F.PermuteVar16x32x2(even, s_interleaveLow, odd), y, residual, at, columns, scale, bias, relu);
+        WriteOutputs(Avx512F.PermuteVar16x32x2(even, s_interleaveHigh, odd), y, residual, at + Lanes, columns - Lanes, scale, bias, relu);
     }
 
     /// <summary>
@@ -550,7 +549,6 @@ internal static unsafe class Winograd
     private static void TransformOutput4(ref Job j, int n, int ty, int tx0, int length, float* m)
     {
         long xi1 = (long)j.Cout * Gemm.NR;
-        float* block = stackalloc float[Lanes];
         var s = stackalloc Vector512<float>[4 * 6];
         var two = Vector512.Create(2f);
         var four = Vector512.Create(4f);
@@ -593,10 +591,10 @@ internal static unsafe class Winograd
                     var low23 = Avx512F.PermuteVar16x32x2(y2, s_interleaveLow, y3).AsUInt64();
                     var high23 = Avx512F.PermuteVar16x32x2(y2, s_interleaveHigh, y3).AsUInt64();
                     long first = (long)(4 * ty + r) * j.W + 4 * tx;
-                    WriteOutputs(Avx512F.PermuteVar8x64x2(low01, s_pairsLow, low23).AsSingle(), y, res, first, columns, scale, bias, j.Relu, block);
-                    WriteOutputs(Avx512F.PermuteVar8x64x2(low01, s_pairsHigh, low23).AsSingle(), y, res, first + Lanes, columns - Lanes, scale, bias, j.Relu, block);
-                    WriteOutputs(Avx512F.PermuteVar8x64x2(high01, s_pairsLow, high23).AsSingle(), y, res, first + 2 * Lanes, columns - 2 * Lanes, scale, bias, j.Relu, block);
-                    WriteOutputs(Avx512F.PermuteVar8x64x2(high01, s_pairsHigh, high23).AsSingle(), y, res, first + 3 * Lanes, columns - 3 * Lanes, scale, bias, j.Relu, block);
+                    WriteOutputs(Avx512F.PermuteVar8x64x2(low01, s_pairsLow, low23).AsSingle(), y, res, first, columns, scale, bias, j.Relu);
+                    WriteOutputs(Avx512F.PermuteVar8x64x2(low01, s_pairsHigh, low23).AsSingle(), y, res, first + Lanes, columns - Lanes, scale, bias, j.Relu);
+                    WriteOutputs(Avx512F.PermuteVar8x64x2(high01, s_pairsLow, high23).AsSingle(), y, res, first + 2 * Lanes, columns - 2 * Lanes, scale, bias, j.Relu);
+                    WriteOutputs(Avx512F.PermuteVar8x64x2(high01, s_pairsHigh, high23).AsSingle(), y, res, first + 3 * Lanes, columns - 3 * Lanes, scale, bias, j.Relu);
                 }
             }
         }
@@ -608,7 +606,7 @@ internal static unsafe class Winograd
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void WriteOutputs(Vector512<float> value, float* y, float* residual, long at, int columns,
-        Vector512<float> scale, Vector512<float> bias, bool relu, float* block)
+        Vector512<float> scale, Vector512<float> bias, bool relu)
     {
         if (columns <= 0) return;
         value = Vector512.FusedMultiplyAdd(value, scale, bias);
@@ -620,13 +618,10 @@ internal static unsafe class Winograd
             value.Store(y + at);
             return;
         }
-        value.Store(block);
-        for (int i = 0; i < columns; i++)
-        {
-            float v = block[i];
-            if (residual != null) v += residual[at + i];
-            if (relu && v < 0f) v = 0f;
-            y[at + i] = v;
-        }
+        // A part of a vector (a row's end): the same operations on the lanes a mask keeps, the others neither read nor written.
+        var keep = InMap(0, columns);
+        if (residual != null) value += Avx512F.MaskLoad(residual + at, keep, Vector512<float>.Zero);
+        if (relu) value = Vector512.ConditionalSelect(Vector512.LessThan(value, Vector512<float>.Zero), Vector512<float>.Zero, value);
+        Avx512F.MaskStore(y + at, keep, value);
     }
 }
