@@ -41,14 +41,14 @@ internal sealed unsafe class WorkerPool
     private delegate*<object, int, void> _objectFn;
     private object? _state;
     private int _count;
-    // The job's generation (high 32 bits) and its next unclaimed item (low 32 bits): an item is claimed by a
-    // compare-exchange that also checks the generation, so a worker that wakes late can never take an item of
-    // a job other than the one it saw; and the caller waits for the items to be done, not for every worker to
-    // have looked (a worker the OS has not scheduled costs nothing). When a job is done its ticket is closed
-    // (next item int.MaxValue) before any field of the next job is written: a worker that read the last open
-    // ticket and was then descheduled must not pair it with the next job's larger count and claim items that
-    // never existed (see Execute).
-    private long _ticket;
+    // Per thread's range of items, the job's generation (high 32 bits) and the range's next unclaimed item (low 32
+    // bits): an item is claimed by a compare-exchange that also checks the generation, so a worker that wakes late
+    // can never take an item of a job other than the one it saw; and the caller waits for the items to be done, not
+    // for every worker to have looked (a worker the OS has not scheduled costs nothing: the others take its range).
+    // When a job is done its tickets are closed (next item int.MaxValue) before any field of the next job is
+    // written: a worker that read an open ticket and was then descheduled must not pair it with the next job's
+    // larger count and claim items that never existed (see Execute).
+    private readonly long[] _tickets;
     private int _done;
     private int _generation;
     private ExceptionDispatchInfo? _error;
@@ -56,6 +56,7 @@ internal sealed unsafe class WorkerPool
     public WorkerPool(int threads)
     {
         Threads = Math.Max(1, threads);
+        _tickets = new long[Threads * TicketStride];
         _wake = new object[Threads - 1];
         _sleeping = new int[Threads - 1];
         for (int i = 0; i < _wake.Length; i++)
@@ -65,6 +66,12 @@ internal sealed unsafe class WorkerPool
             t.Start(i);
         }
     }
+
+    // Each thread's ticket on a cache line of its own (8 longs apart).
+    private const int TicketStride = 8;
+
+    /// <summary>The first item of thread <paramref name="thread"/>'s own range of a job of <paramref name="count"/> items.</summary>
+    private int RangeStart(int thread, int count) => (int)((long)thread * count / Threads);
 
     /// <summary>Threads that take part in a <c>Run</c>, the caller included.</summary>
     public int Threads { get; }
@@ -98,14 +105,15 @@ internal sealed unsafe class WorkerPool
             _error = null;
             Volatile.Write(ref _done, 0);
             int generation = _generation + 1;
-            Volatile.Write(ref _ticket, (long)generation << 32);
+            for (int t = 0; t < Threads; t++) Volatile.Write(ref _tickets[t * TicketStride], ((long)generation << 32) | (uint)RangeStart(t, count));
             Interlocked.Exchange(ref _generation, generation); // publishes the job (a full fence)
             for (int i = 0; i < _wake.Length; i++)
                 if (Volatile.Read(ref _sleeping[i]) != 0)
                     lock (_wake[i]) Monitor.Pulse(_wake[i]);
-            Execute(generation);
+            Execute(generation, 0);
             WaitForItems(count);
-            Interlocked.Exchange(ref _ticket, ((long)generation << 32) | int.MaxValue); // closed, fenced before the next job's fields
+            // Closed, fenced before the next job's fields.
+            for (int t = 0; t < Threads; t++) Interlocked.Exchange(ref _tickets[t * TicketStride], ((long)generation << 32) | int.MaxValue);
             _fn = null;
             _context = null;
             _objectFn = null;
@@ -135,38 +143,50 @@ internal sealed unsafe class WorkerPool
     }
 
     /// <summary>
-    /// Claims and runs items of job <paramref name="generation"/> until none is left: a few at a time when there are
-    /// many (a plane per item of a 1x1 map is a few dozen floats; one claim each would cost more than the work).
+    /// Claims and runs items of job <paramref name="generation"/> until none is left: first from this thread's own
+    /// range (thread t of T has items [t count / T, (t + 1) count / T)), then from the others' in turn; a few at a
+    /// time when there are many (a plane per item of a 1x1 map is a few dozen floats; one claim each would cost more
+    /// than the work). Own ranges keep a core on the same part of every layer: the kernels split their items by
+    /// pixels in order, so a core mostly reads what it wrote itself. The two cores of the machine this was measured
+    /// on pass a cache line to each other in about 230-490 ns (a round trip of 460-980), as slow as memory: ResNet-50's
+    /// forward took 28.6 against 30.3 and 33.4 against 34.8 ms at batch 1, 239.2 against 245.4 ms at batch 8 with
+    /// own ranges against one shared range (blocks of 20 calls alternating in one process).
     /// </summary>
     /// <remarks>
     /// The count is read after the ticket, so it is this job's or, if the job has ended meanwhile, a later job's.
-    /// A claim made with a later job's count cannot succeed: that count is written only after this job's ticket
-    /// was closed, so the compare-exchange, which still expects the open ticket, fails.
+    /// A claim made with a later job's count cannot succeed: that count is written only after this job's tickets
+    /// were closed, so the compare-exchange, which still expects the open ticket, fails.
     /// </remarks>
-    private void Execute(int generation)
+    private void Execute(int generation, int self)
     {
-        while (true)
+        for (int k = 0; k < Threads; k++)
         {
-            long ticket = Volatile.Read(ref _ticket);
-            int count = Volatile.Read(ref _count);
-            if ((int)(ticket >> 32) != generation || (int)ticket >= count) return;
-            int first = (int)ticket;
-            int claim = Math.Min(Math.Max(1, count / (32 * Threads)), count - first);
-            if (Interlocked.CompareExchange(ref _ticket, ticket + claim, ticket) != ticket) continue;
-            // Items [first, first + claim) are ours; the job cannot finish before they are done, so its fields stay.
-            try
+            int owner = self + k < Threads ? self + k : self + k - Threads;
+            ref long slot = ref _tickets[owner * TicketStride];
+            while (true)
             {
-                for (int i = first; i < first + claim; i++)
+                long ticket = Volatile.Read(ref slot);
+                int count = Volatile.Read(ref _count);
+                if ((int)(ticket >> 32) != generation) return;
+                int first = (int)ticket, start = RangeStart(owner, count), end = RangeStart(owner + 1, count);
+                if (first >= end) break;
+                int claim = Math.Min(Math.Max(1, (end - start) / 32), end - first);
+                if (Interlocked.CompareExchange(ref slot, ticket + claim, ticket) != ticket) continue;
+                // Items [first, first + claim) are ours; the job cannot finish before they are done, so its fields stay.
+                try
                 {
-                    if (_fn != null) _fn(_context, i);
-                    else _objectFn(_state!, i);
+                    for (int i = first; i < first + claim; i++)
+                    {
+                        if (_fn != null) _fn(_context, i);
+                        else _objectFn(_state!, i);
+                    }
                 }
+                catch (Exception e)
+                {
+                    Interlocked.CompareExchange(ref _error, ExceptionDispatchInfo.Capture(e), null);
+                }
+                Interlocked.Add(ref _done, claim);
             }
-            catch (Exception e)
-            {
-                Interlocked.CompareExchange(ref _error, ExceptionDispatchInfo.Capture(e), null);
-            }
-            Interlocked.Add(ref _done, claim);
         }
     }
 
@@ -202,7 +222,7 @@ internal sealed unsafe class WorkerPool
                 spinUntil = Stopwatch.GetTimestamp() + SpinTicks;
             }
             seen = Volatile.Read(ref _generation);
-            Execute(seen);
+            Execute(seen, index + 1);
         }
     }
 }
