@@ -231,8 +231,11 @@ internal static unsafe class Winograd
     /// pad-1 convolutions with enough input channels to repay the transforms (measured with `--layers` on two cores), and
     /// only with at least two chunks of tiles (ResNet-50's 7x7 maps at batch 1 have one: the direct convolution, on
     /// every core, is faster there). F(4x4, 3x3) where its tiles make two chunks and a chunk's transformed inputs and
-    /// products (36 x 128 bytes per channel each) stay near the core's 1 MB L2, at most 128 channels in and out (with
-    /// 256 channels at 14x14 it measured slower than F(2x2, 3x3): 6.7 against 5.8 ms at batch 8) and on maps of at
+    /// products (36 x 128 bytes per channel each) fit well within the core's 1 MB L2, at most 64 channels in and out
+    /// (590 KB; with 128 of each, 1.2 MB, ResNet-50's 28x28 layers ran faster with F(2x2, 3x3): the forward 27.1
+    /// against 27.3 and 32.1 against 32.7 ms at batch 1, 198.9 against 201.3 ms at batch 8, a training step of 16
+    /// images 1569 against 1587 and 1542 against 1548 ms, each A/B in one process; with 256 channels at 14x14 it
+    /// measured slower too: 6.7 against 5.8 ms at batch 8) and on maps of at
     /// least 28x28 (on smaller ones its rows hold few tiles and the transforms cost more than the products save:
     /// 64 channels at 8x8, batch 32, 1.05-1.54 against 0.86-1.03 ms; at 24x24, batch 1, 0.31 against 0.22 ms; at
     /// 16x16 and 14x14 the two tie), else F(2x2, 3x3) where its tiles make two chunks. The choice does not depend on
@@ -242,7 +245,7 @@ internal static unsafe class Winograd
     {
         // A map of one pixel is a 1x1 convolution of the centre taps (Conv.CentreTapOnly): one product, not 16.
         if (kernel != 3 || stride != 1 || pad != 1 || !Enabled || Off || cin < 64 || (h == 1 && w == 1)) return Tiles.None;
-        if (s_largeTiles && !SmallTilesOnly && cin <= 128 && cout <= 128 && h >= LargeTilesFrom && w >= LargeTilesFrom && Chunks(batch, h, w, 4) >= 2) return Tiles.F4;
+        if (s_largeTiles && !SmallTilesOnly && cin <= 64 && cout <= 64 && h >= LargeTilesFrom && w >= LargeTilesFrom && Chunks(batch, h, w, 4) >= 2) return Tiles.F4;
         return Chunks(batch, h, w, 2) >= 2 ? Tiles.F2 : Tiles.None;
     }
 
