@@ -380,22 +380,16 @@ internal static unsafe class Winograd
     [SkipLocalsInit] // the stack buffers are written before they are read
     private static void TransformInput4(ref Job j, int n, int ty, int tx0, int length, float* v)
     {
-        // Columns x0 .. x0 + 4 length + 1 of the input feed the run's tiles; blocks of 16, plus room to read past them.
-        int x0 = 4 * tx0 - 1, needed = 4 * length + 2, blocks = (needed + Lanes - 1) / Lanes;
-        // Across, 16 tiles from column 4t read 80 columns.
-        int stride = Math.Max(blocks * Lanes, 4 * ((length - 1) / Lanes * Lanes) + 5 * Lanes);
+        RunColumns(4, tx0, length, out int x0, out int blocks, out int stride);
         float* q = stackalloc float[6 * stride];
         var inMap = stackalloc Vector512<float>[blocks];
-        for (int b = 0; b < blocks; b++) inMap[b] = InMap(x0 + b * Lanes, j.W);
-        // The lanes past the last block are read by the permutations but feed no tile.
-        for (int r = 0; r < 6; r++) new Span<float>(q + r * stride + blocks * Lanes, stride - blocks * Lanes).Clear();
+        var runMask = stackalloc Vector512<float>[(length + Lanes - 1) / Lanes];
+        PrepareRun(ref j, q, 6, stride, inMap, blocks, x0, runMask, length);
         float** rows = stackalloc float*[6];
         long xi1 = (long)j.Cin * Gemm.NR; // from one position's panel to the next
         var four = Vector512.Create(4f);
         var five = Vector512.Create(5f);
         var two = Vector512.Create(2f);
-        var runMask = stackalloc Vector512<float>[(length + Lanes - 1) / Lanes];
-        for (int t = 0, i = 0; t < length; t += Lanes, i++) runMask[i] = InMap(t, length);
         for (int c = 0; c < j.Cin; c++)
         {
             float* plane = j.X + ((long)n * j.Cin + c) * j.H * j.W;
@@ -456,16 +450,12 @@ internal static unsafe class Winograd
     [SkipLocalsInit] // the stack buffers are written before they are read
     private static void TransformInput(ref Job j, int n, int ty, int tx0, int length, float* v)
     {
-        int x0 = 2 * tx0 - 1, needed = 2 * length + 2, blocks = (needed + Lanes - 1) / Lanes;
-        // Across, 16 tiles from column 2t read 48 columns.
-        int stride = Math.Max(blocks * Lanes, 2 * ((length - 1) / Lanes * Lanes) + 3 * Lanes);
+        RunColumns(2, tx0, length, out int x0, out int blocks, out int stride);
         float* q = stackalloc float[4 * stride];
         var inMap = stackalloc Vector512<float>[blocks];
-        for (int b = 0; b < blocks; b++) inMap[b] = InMap(x0 + b * Lanes, j.W);
-        for (int r = 0; r < 4; r++) new Span<float>(q + r * stride + blocks * Lanes, stride - blocks * Lanes).Clear();
-        long xi1 = (long)j.Cin * Gemm.NR; // from one position's panel to the next
         var runMask = stackalloc Vector512<float>[(length + Lanes - 1) / Lanes];
-        for (int t = 0, i = 0; t < length; t += Lanes, i++) runMask[i] = InMap(t, length);
+        PrepareRun(ref j, q, 4, stride, inMap, blocks, x0, runMask, length);
+        long xi1 = (long)j.Cin * Gemm.NR; // from one position's panel to the next
         for (int c = 0; c < j.Cin; c++)
         {
             float* plane = j.X + ((long)n * j.Cin + c) * j.H * j.W;
@@ -507,6 +497,32 @@ internal static unsafe class Winograd
                 }
             }
         }
+    }
+
+    /// <summary>
+    /// The input columns of a run of <paramref name="length"/> tiles of <paramref name="size"/> outputs from tile
+    /// <paramref name="tx0"/>: columns x0 .. x0 + size * length + 1 feed them, read in <paramref name="blocks"/> blocks
+    /// of 16; <paramref name="stride"/> is the row length of the down-the-tile buffer, with room for the permutations
+    /// across, which read (size + 1) * 16 columns from column size * t for the 16 tiles from t.
+    /// </summary>
+    private static void RunColumns(int size, int tx0, int length, out int x0, out int blocks, out int stride)
+    {
+        x0 = size * tx0 - 1;
+        blocks = (size * length + 2 + Lanes - 1) / Lanes;
+        stride = Math.Max(blocks * Lanes, size * ((length - 1) / Lanes * Lanes) + (size + 1) * Lanes);
+    }
+
+    /// <summary>
+    /// A run's masks: which lanes of each column block are inside the map (the masked loads give the padding's zeros),
+    /// and which lanes of each 16 tiles are the run's (the masked stores); and zeros in the buffer's lanes past the
+    /// last block, which the permutations read but which feed no tile.
+    /// </summary>
+    private static void PrepareRun(ref Job j, float* q, int rows, int stride, Vector512<float>* inMap, int blocks, int x0,
+        Vector512<float>* runMask, int length)
+    {
+        for (int b = 0; b < blocks; b++) inMap[b] = InMap(x0 + b * Lanes, j.W);
+        for (int t = 0, i = 0; t < length; t += Lanes, i++) runMask[i] = InMap(t, length);
+        for (int r = 0; r < rows; r++) new Span<float>(q + r * stride + blocks * Lanes, stride - blocks * Lanes).Clear();
     }
 
     private static readonly Vector512<int> s_even = Vector512.Create(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
