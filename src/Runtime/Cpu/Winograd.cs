@@ -384,7 +384,7 @@ internal static unsafe class Winograd
         float* q = stackalloc float[6 * stride];
         var inMap = stackalloc Vector512<float>[blocks];
         var runMask = stackalloc Vector512<float>[(length + Lanes - 1) / Lanes];
-        PrepareRun(ref j, q, 6, stride, inMap, blocks, x0, runMask, length);
+        PrepareRun(q, 6, stride, inMap, blocks, x0, j.W, runMask, length);
         float** rows = stackalloc float*[6];
         long xi1 = (long)j.Cin * Gemm.NR; // from one position's panel to the next
         var four = Vector512.Create(4f);
@@ -454,7 +454,7 @@ internal static unsafe class Winograd
         float* q = stackalloc float[4 * stride];
         var inMap = stackalloc Vector512<float>[blocks];
         var runMask = stackalloc Vector512<float>[(length + Lanes - 1) / Lanes];
-        PrepareRun(ref j, q, 4, stride, inMap, blocks, x0, runMask, length);
+        PrepareRun(q, 4, stride, inMap, blocks, x0, j.W, runMask, length);
         long xi1 = (long)j.Cin * Gemm.NR; // from one position's panel to the next
         for (int c = 0; c < j.Cin; c++)
         {
@@ -513,14 +513,15 @@ internal static unsafe class Winograd
     }
 
     /// <summary>
-    /// A run's masks: which lanes of each column block are inside the map (the masked loads give the padding's zeros),
+    /// A run's masks: which lanes of each column block are inside the map's <paramref name="width"/> (the masked loads
+    /// give the padding's zeros),
     /// and which lanes of each 16 tiles are the run's (the masked stores); and zeros in the buffer's lanes past the
     /// last block, which the permutations read but which feed no tile.
     /// </summary>
-    private static void PrepareRun(ref Job j, float* q, int rows, int stride, Vector512<float>* inMap, int blocks, int x0,
+    private static void PrepareRun(float* q, int rows, int stride, Vector512<float>* inMap, int blocks, int x0, int width,
         Vector512<float>* runMask, int length)
     {
-        for (int b = 0; b < blocks; b++) inMap[b] = InMap(x0 + b * Lanes, j.W);
+        for (int b = 0; b < blocks; b++) inMap[b] = InMap(x0 + b * Lanes, width);
         for (int t = 0, i = 0; t < length; t += Lanes, i++) runMask[i] = InMap(t, length);
         for (int r = 0; r < rows; r++) new Span<float>(q + r * stride + blocks * Lanes, stride - blocks * Lanes).Clear();
     }
