@@ -8,7 +8,7 @@ namespace Unrolled.Cpu;
 /// <summary>
 /// The register-blocked GEMM at the heart of every convolution: C[M x N] = A[M x K] . B[K x N], with A read in
 /// place (the weights, row-major) or packed into panels of <see cref="MR"/> rows ([k][MR]), and B packed per call
-/// into panels of <see cref="NR"/> columns ([k][NR]). The AVX-512 micro-kernel keeps an MR x NR tile (16 zmm
+/// into panels of <see cref="NR"/> columns ([k][NR]) or, where its rows are contiguous runs, read in place. The AVX-512 micro-kernel keeps an MR x NR tile (16 zmm
 /// accumulators) in registers; the epilogue applies a per-row scale and bias (eval-mode BatchNorm), adds a residual
 /// and applies ReLU while the tile is stored, so outputs are written once.
 /// </summary>
@@ -134,17 +134,18 @@ internal static unsafe class Gemm
     /// One tile: rows [m0, m0 + rows) and columns [n0, n0 + cols) of C, rows and cols at most MR and NR, with the
     /// epilogue c = relu?(acc * scale + bias + residual) applied while the tile is stored.
     /// <paramref name="a"/> points at row m0 of A (laid out as <paramref name="layout"/> says), <paramref name="b"/>
-    /// at the B panel; <paramref name="c"/> and <paramref name="residual"/> at element (m0, n0); <paramref name="scale"/>
+    /// at the B panel ([k][NR]), or at column n0 of a row-major B read in place whose rows are <paramref name="ldb"/>
+    /// apart (full panels only: NR columns are read); <paramref name="c"/> and <paramref name="residual"/> at element (m0, n0); <paramref name="scale"/>
     /// and <paramref name="bias"/> at row m0 (or null: 1 and 0).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Tile(int k, float* a, Layout layout, float* b, float* c, int ldc, int rows, int cols,
-        float* scale, float* bias, float* residual, bool relu)
+        float* scale, float* bias, float* residual, bool relu, int ldb = NR)
     {
         if (Vector512.IsHardwareAccelerated)
         {
-            if (rows == MR) Tile512x12(k, a, layout, b, c, ldc, cols, scale, bias, residual, relu);
-            else Tile512x8(k, a, layout, b, c, ldc, rows, cols, scale, bias, residual, relu);
+            if (rows == MR) Tile512x12(k, a, layout, b, ldb, c, ldc, cols, scale, bias, residual, relu);
+            else Tile512x8(k, a, layout, b, ldb, c, ldc, rows, cols, scale, bias, residual, relu);
             return;
         }
 
@@ -153,7 +154,7 @@ internal static unsafe class Gemm
         new Span<float>(acc, MR * NR).Clear();
         for (int kk = 0; kk < k; kk++)
         {
-            float* bk = b + kk * NR;
+            float* bk = b + (long)kk * ldb;
             for (int r = 0; r < rows; r++)
             {
                 var av = new System.Numerics.Vector<float>(a[(long)r * layout.RowStride + (long)kk * layout.KStride]);
@@ -176,7 +177,7 @@ internal static unsafe class Gemm
     /// of general registers.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Tile512x12(int k, float* a, Layout layout, float* b, float* c, int ldc, int cols,
+    private static void Tile512x12(int k, float* a, Layout layout, float* b, nint ldb, float* c, int ldc, int cols,
         float* scale, float* bias, float* residual, bool relu)
     {
         // The edge tile's scratch is fetched before the loop: no call (nor stackalloc) may come after the
@@ -218,7 +219,7 @@ internal static unsafe class Gemm
             x = Vector512.Create(p9[rs2]);
             cb0 = Vector512.FusedMultiplyAdd(x, b0, cb0); cb1 = Vector512.FusedMultiplyAdd(x, b1, cb1);
             p0 += step; p3 += step; p6 += step; p9 += step;
-            b += NR;
+            b += ldb;
         }
 
         if (acc == null)
@@ -256,7 +257,7 @@ internal static unsafe class Gemm
 
     /// <summary>The remainder kernel: up to 8 rows x 32 columns in 16 zmm accumulators.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Tile512x8(int k, float* a, Layout layout, float* b, float* c, int ldc, int rows, int cols,
+    private static void Tile512x8(int k, float* a, Layout layout, float* b, nint ldb, float* c, int ldc, int rows, int cols,
         float* scale, float* bias, float* residual, bool relu)
     {
         float* acc = rows != MRSmall || cols != NR ? EdgeTile() : null;
@@ -290,7 +291,7 @@ internal static unsafe class Gemm
             c60 = Vector512.FusedMultiplyAdd(x6, b0, c60); c61 = Vector512.FusedMultiplyAdd(x6, b1, c61);
             var x7 = Vector512.Create(a7[o]);
             c70 = Vector512.FusedMultiplyAdd(x7, b0, c70); c71 = Vector512.FusedMultiplyAdd(x7, b1, c71);
-            b += NR;
+            b += ldb;
         }
 
         if (acc == null)

@@ -48,7 +48,8 @@ public class KernelTests
         { 4, 6, 2, 3, 17, 3, 1, 1 },
         { 1, 9, 6, 6, 23, 3, 1, 1 }, // 12 + 8 + 3 rows: both kernels and a part-filled remainder panel
         { 2, 4, 9, 75, 20, 3, 2, 1 }, // rows of 75 at stride 2: the AVX-512 even-element gather and its scalar ends
-        { 2, 40, 20, 16, 30, 1, 1, 0 }, // 1x1 over 320 pixels per image (not folded): ten whole column panels each
+        { 2, 40, 20, 16, 30, 1, 1, 0 }, // 1x1 over 320 pixels per image (not folded): ten whole column panels each, read in place
+        { 2, 24, 9, 30, 20, 1, 1, 0 },  // 1x1 over 270 pixels: eight panels read in place and a ninth of 14 columns packed
         { 6, 8, 3, 3, 12, 1, 1, 0 }, // 1x1 folded over maps of 9 pixels: a column panel takes runs from four images
         { 40, 3, 1, 1, 5, 1, 1, 0 }, // 1x1 folded over single pixels: one run per image, the second panel part-filled
         { 34, 21, 1, 1, 14, 3, 1, 1 }, // a map of one pixel: only the centre tap meets it (a 1x1 convolution of those weights)
