@@ -704,6 +704,18 @@ public sealed unsafe class NetworkState
         return p;
     }
 
+    /// <summary>
+    /// Benchmarks only (`--layer-profile`): while set, each eval-mode CPU convolution adds its wall time, in
+    /// <see cref="System.Diagnostics.Stopwatch"/> ticks, at its index, and records its shape there.
+    /// </summary>
+    internal sealed class ConvClock(int capacity)
+    {
+        public readonly long[] Ticks = new long[capacity];
+        public readonly (int Cin, int Size, int Cout, int Kernel, int Stride)[] Shapes = new (int, int, int, int, int)[capacity];
+    }
+
+    internal static ConvClock? Clock;
+
     /// <summary>Conv + BatchNorm (+ residual) (+ ReLU): eval mode applies BN as a per-channel scale and bias in the conv's store; train mode normalizes with batch statistics.</summary>
     public void Conv(int index, ReadOnlySpan<float> x, Span<float> y, ReadOnlySpan<float> residual,
         int batch, int cin, int h, int w, int cout, int oh, int ow, int kernel, int stride, int pad, bool relu)
@@ -716,18 +728,34 @@ public sealed unsafe class NetworkState
         }
         if (!IsTraining)
         {
-            var tiles = Cpu.Winograd.Choose(kernel, stride, pad, batch, cin, h, w, cout);
-            if (tiles != Cpu.Winograd.Tiles.None)
-                Cpu.Winograd.Forward(x, y, residual, WinogradWeights(index, c, tiles), _scale[index], _bias[index], batch, cin, h, w, cout, relu, tiles);
-            else if (Cpu.Conv.TransposedPays(batch, cin, h, w, oh, ow, kernel, pad))
-                Cpu.Conv.ForwardTransposed(x, y, residual, PackedWeights(index, c, transposed: true), _scale[index], _bias[index], cin, h, w, cout, oh, ow, kernel, stride, pad, relu);
-            else if (!Cpu.Conv.CentreTapOnly(h, w, kernel, pad))
-                Cpu.Conv.Forward(x, y, residual, PackedWeights(index, c), _scale[index], _bias[index], batch, cin, h, w, cout, oh, ow, kernel, stride, pad, relu, packedWeights: true);
-            else
-                Cpu.Conv.Forward(x, y, residual, Weights(c), _scale[index], _bias[index], batch, cin, h, w, cout, oh, ow, kernel, stride, pad, relu);
+            var clock = Clock;
+            if (clock is null || index >= clock.Ticks.Length)
+            {
+                ConvEval(index, c, x, y, residual, batch, cin, h, w, cout, oh, ow, kernel, stride, pad, relu);
+                return;
+            }
+            long start = System.Diagnostics.Stopwatch.GetTimestamp();
+            ConvEval(index, c, x, y, residual, batch, cin, h, w, cout, oh, ow, kernel, stride, pad, relu);
+            clock.Ticks[index] += System.Diagnostics.Stopwatch.GetTimestamp() - start;
+            clock.Shapes[index] = (cin, h, cout, kernel, stride);
             return;
         }
         ConvTrain(index, x, y, y, residual, batch, cin, h, w, cout, oh, ow, kernel, stride, pad, relu);
+    }
+
+    /// <summary>Eval mode on the CPU: the fastest of Winograd, the transposed GEMM and the direct one for the shape, BN folded into the store.</summary>
+    private void ConvEval(int index, ConvSpec c, ReadOnlySpan<float> x, Span<float> y, ReadOnlySpan<float> residual,
+        int batch, int cin, int h, int w, int cout, int oh, int ow, int kernel, int stride, int pad, bool relu)
+    {
+        var tiles = Cpu.Winograd.Choose(kernel, stride, pad, batch, cin, h, w, cout);
+        if (tiles != Cpu.Winograd.Tiles.None)
+            Cpu.Winograd.Forward(x, y, residual, WinogradWeights(index, c, tiles), _scale[index], _bias[index], batch, cin, h, w, cout, relu, tiles);
+        else if (Cpu.Conv.TransposedPays(batch, cin, h, w, oh, ow, kernel, pad))
+            Cpu.Conv.ForwardTransposed(x, y, residual, PackedWeights(index, c, transposed: true), _scale[index], _bias[index], cin, h, w, cout, oh, ow, kernel, stride, pad, relu);
+        else if (!Cpu.Conv.CentreTapOnly(h, w, kernel, pad))
+            Cpu.Conv.Forward(x, y, residual, PackedWeights(index, c), _scale[index], _bias[index], batch, cin, h, w, cout, oh, ow, kernel, stride, pad, relu, packedWeights: true);
+        else
+            Cpu.Conv.Forward(x, y, residual, Weights(c), _scale[index], _bias[index], batch, cin, h, w, cout, oh, ow, kernel, stride, pad, relu);
     }
 
     /// <summary>
