@@ -38,6 +38,8 @@ public class KernelTests
         { 1, 16, 14, 14, 32, 1, 1, 0 },
         { 3, 5, 9, 7, 13, 1, 1, 0 },
         { 2, 16, 15, 15, 24, 1, 2, 0 },
+        { 1, 16, 45, 67, 24, 1, 2, 0 }, // 1x1 stride 2 over a 23 x 34 output: the input subsampled first, rows of 16 by vectors and 2 after
+        { 2, 8, 40, 36, 12, 1, 2, 0 },  // the same at batch 2 with 360 output pixels per image (not folded)
         { 1, 8, 11, 13, 8, 3, 1, 1 },
         { 2, 7, 10, 9, 3, 3, 2, 1 },
         { 1, 4, 5, 5, 9, 5, 1, 2 },
