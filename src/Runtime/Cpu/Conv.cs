@@ -32,6 +32,9 @@ internal static unsafe class Conv
         public bool PackInItem;
         // 1x1 stride 1: full column panels are read in place from X (row stride Hw); only a last partial panel is packed.
         public bool InPlace;
+        // Stride 2: X's rows split into their even and odd columns ([image][c][y][phase][half]), or null.
+        public float* Phases;
+        public int Half, RowsPerSplit;
     }
 
     /// <summary>
@@ -97,14 +100,21 @@ internal static unsafe class Conv
 
         lock (s_gate)
         {
-            // With one row chunk no item shares its columns with another: each gathers its own, with no separate
-            // pass and no barrier between gathering and multiplying.
             // 1x1 stride 1, one image at a time: the columns are the input planes' rows as they are, so full panels
             // are read in place (row stride hw) and nothing is packed but a last partial panel, per item (ResNet-50 at
             // batch 1, A/B per layer: 1.04 against 0.85 ms for 256 -> 64 at 56x56, 1.12 against 0.99 for 512 -> 128
             // at 28x28, 0.15 against 0.11 for 64 -> 64).
             bool inPlace = !fold && kernel == 1 && stride == 1 && pad == 0;
+            // With one row chunk no item shares its columns with another: each gathers its own, with no separate
+            // pass and no barrier between gathering and multiplying.
             bool packInItem = rowChunks == 1 || inPlace;
+            // Stride 2 with a kernel of 5 or more (a ResNet's 7x7 stem): each input row is first split into its even
+            // and odd columns, so that every tap's run of a panel's columns is a contiguous copy from one of them. The
+            // stem's 147 taps per column otherwise cost about as much to gather as to multiply (ResNet-50 at batch 1,
+            // A/B: 1.12 against 0.76 ms). Not for 3x3 kernels, whose three taps per row share the reads anyway and
+            // whose larger inputs then make a round trip through memory (128 -> 128 at 56x56: 1.11 against 1.23 ms).
+            int images = fold ? batch : 1, half = (w + 1) / 2;
+            float* phases = stride == 2 && kernel >= 5 ? s_phases.Get((long)images * cin * h * 2 * half) : null;
             float* packed = packInItem ? null : s_packed.Get((long)columnPanels * k * Gemm.NR);
             float* folded = fold ? s_folded.Get((long)cout * n) : null;
             fixed (float* px = x, py = y, pr = residual, pa = weights, ps = scale, pb = bias)
@@ -115,7 +125,7 @@ internal static unsafe class Conv
                     Cin = cin, H = h, W = w, Cout = cout, OH = oh, OW = ow, Kernel = kernel, Stride = stride, Pad = pad,
                     K = k, N = n, Hw = hw, Batch = fold ? batch : 1,
                     ColumnPanels = columnPanels, RowChunks = rowChunks, PanelsPerChunk = panelsPerChunk, PanelsPerBlock = panelsPerBlock,
-                    PackInItem = packInItem, InPlace = inPlace,
+                    PackInItem = packInItem, InPlace = inPlace, Phases = phases, Half = half,
                     ARowStride = aRowStride, AKStride = aKStride, Relu = relu && !fold, PackedA = packedWeights,
                 };
                 for (int image = 0; image < (fold ? 1 : batch); image++)
@@ -123,6 +133,13 @@ internal static unsafe class Conv
                     job.X = px + (long)image * cin * h * w;
                     job.Y = fold ? folded : py + (long)image * cout * hw;
                     job.Residual = residual.IsEmpty || fold ? null : pr + (long)image * cout * hw;
+                    if (phases != null)
+                    {
+                        // Blocks of rows, about eight per thread.
+                        int rows = images * cin * h;
+                        job.RowsPerSplit = (rows + 8 * threads - 1) / (8 * threads);
+                        WorkerPool.Shared.Run(&SplitPhases, &job, (rows + job.RowsPerSplit - 1) / job.RowsPerSplit);
+                    }
                     if (!job.PackInItem) WorkerPool.Shared.Run(&Pack, &job, columnPanels);
                     WorkerPool.Shared.Run(&Multiply, &job, blocks * rowChunks);
                 }
@@ -463,6 +480,39 @@ internal static unsafe class Conv
         }
     }
 
+    private static Gemm.Scratch s_phases;
+
+    /// <summary>Block <paramref name="block"/> of the input rows (of all the job's images), each into its even columns, then its odd ones.</summary>
+    private static void SplitPhases(void* context, int block)
+    {
+        ref Job j = ref Unsafe.AsRef<Job>(context);
+        int first = block * j.RowsPerSplit, last = Math.Min(first + j.RowsPerSplit, j.Batch * j.Cin * j.H);
+        for (int row = first; row < last; row++) SplitRow(ref j, row);
+    }
+
+    private static void SplitRow(ref Job j, int row)
+    {
+        float* src = j.X + (long)row * j.W, even = j.Phases + (long)row * 2 * j.Half, odd = even + j.Half;
+        int t = 0;
+        if (Avx512F.IsSupported)
+        {
+            var evens = Vector512.Create(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+            var odds = evens + Vector512<int>.One;
+            for (; 2 * t + 32 <= j.W; t += 16)
+            {
+                var lo = Vector512.Load(src + 2 * t);
+                var hi = Vector512.Load(src + 2 * t + 16);
+                Avx512F.PermuteVar16x32x2(lo, evens, hi).Store(even + t);
+                Avx512F.PermuteVar16x32x2(lo, odds, hi).Store(odd + t);
+            }
+        }
+        for (; 2 * t < j.W; t++)
+        {
+            even[t] = src[2 * t];
+            if (2 * t + 1 < j.W) odd[t] = src[2 * t + 1];
+        }
+    }
+
     private static void Pack(void* context, int panel)
     {
         ref Job j = ref Unsafe.AsRef<Job>(context);
@@ -556,6 +606,42 @@ internal static unsafe class Conv
             segImage[segments] = image * imageStride; segY[segments] = oy; segX[segments] = ox; segT[segments] = t; segLen[segments] = len;
             segments++;
             t += len;
+        }
+
+        if (j.Phases != null)
+        {
+            // Stride 2 from the split rows: tap kx of output column ox reads input column 2 ox - pad + kx, which is
+            // column ox + (kx - pad - phase) / 2 of phase (kx - pad) & 1; a run of outputs is a run of that phase.
+            long phaseImage = (long)j.Cin * j.H * 2 * j.Half;
+            var phaseBase = stackalloc long[segments];
+            for (int g = 0; g < segments; g++) phaseBase[g] = segImage[g] / imageStride * phaseImage;
+            float* to = panel;
+            for (int c = 0; c < j.Cin; c++)
+                for (int ky = 0; ky < j.Kernel; ky++)
+                    for (int kx = 0; kx < j.Kernel; kx++, to += Gemm.NR)
+                    {
+                        int phase = (kx - j.Pad) & 1, shift = (kx - j.Pad - phase) / 2;
+                        int width = phase == 0 ? j.Half : j.W / 2;
+                        for (int g = 0; g < segments; g++)
+                        {
+                            float* dst = to + segT[g];
+                            int len = segLen[g];
+                            int iy = segY[g] * 2 - j.Pad + ky;
+                            if ((uint)iy >= (uint)j.H)
+                            {
+                                new Span<float>(dst, len).Clear();
+                                continue;
+                            }
+                            float* src = j.Phases + phaseBase[g] + ((long)(c * j.H + iy) * 2 + phase) * j.Half;
+                            int x0 = segX[g] + shift;
+                            int lo = Math.Clamp(-x0, 0, len), hi = Math.Clamp(width - x0, lo, len);
+                            for (int t = 0; t < lo; t++) dst[t] = 0f;
+                            Gemm.Copy(src + x0 + lo, dst + lo, hi - lo);
+                            for (int t = hi; t < len; t++) dst[t] = 0f;
+                        }
+                        for (int t = cols; t < Gemm.NR; t++) to[t] = 0f;
+                    }
+            return;
         }
 
         int s = j.Stride;

@@ -35,6 +35,8 @@ public class KernelTests
         // batch, cin, h, w, cout, kernel, stride, pad
         { 1, 3, 17, 23, 8, 7, 2, 3 },
         { 2, 3, 32, 32, 16, 7, 2, 3 },
+        { 1, 3, 40, 37, 10, 7, 2, 3 },  // the stem's split into even and odd columns: an odd width, rows of 16 by vectors and 2 after
+        { 2, 4, 21, 26, 6, 5, 2, 2 },   // the same for a 5x5 kernel, batch 2 folded (11 x 13 outputs per image)
         { 1, 16, 14, 14, 32, 1, 1, 0 },
         { 3, 5, 9, 7, 13, 1, 1, 0 },
         { 2, 16, 15, 15, 24, 1, 2, 0 },
