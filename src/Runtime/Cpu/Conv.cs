@@ -109,10 +109,11 @@ internal static unsafe class Conv
             // pass and no barrier between gathering and multiplying.
             bool packInItem = rowChunks == 1 || inPlace;
             // Stride 2 with a kernel of 5 or more (a ResNet's 7x7 stem): each input row is first split into its even
-            // and odd columns, so that every tap's run of a panel's columns is a contiguous copy from one of them. The
-            // stem's 147 taps per column otherwise cost about as much to gather as to multiply (ResNet-50 at batch 1,
-            // A/B: 1.12 against 0.76 ms). Not for 3x3 kernels, whose three taps per row share the reads anyway and
-            // whose larger inputs then make a round trip through memory (128 -> 128 at 56x56: 1.11 against 1.23 ms).
+            // and odd columns, so that every tap's run of a panel's columns is a contiguous copy from one of them
+            // (ResNet-50's stem at batch 1, A/B: 0.92 against 0.97, 1.00 against 1.03 and 1.04 against 1.09 ms; its
+            // 147 taps per column still cost about a quarter of its time to gather). Not for 3x3 kernels, whose three
+            // taps per row share the reads anyway and whose larger inputs then make a round trip through memory
+            // (128 -> 128 at 56x56: 1.11 against 1.23 ms).
             int images = fold ? batch : 1, half = (w + 1) / 2;
             float* phases = stride == 2 && kernel >= 5 ? s_phases.Get((long)images * cin * h * 2 * half) : null;
             float* packed = packInItem ? null : s_packed.Get((long)columnPanels * k * Gemm.NR);

@@ -159,6 +159,10 @@ public class KernelTests
     [InlineData(2, 35, 69, 3, 2, 1)] // the AVX-512 path's rows end at odd and even widths, with scalar outputs after them
     [InlineData(2, 9, 66, 3, 2, 1)]
     [InlineData(1, 4, 34, 3, 2, 1)]
+    [InlineData(2, 8, 34, 3, 2, 1)]  // 17 outputs: one vector of 16, nothing left over
+    [InlineData(2, 8, 33, 3, 2, 1)]  // 17 outputs too, but the vector would read a column past the row: scalar
+    [InlineData(2, 6, 40, 3, 2, 1)]  // 20 outputs: a vector, then the last 16 overlapping it
+    [InlineData(1, 5, 32, 3, 2, 1)]  // 16 outputs: the first 16 read past the row's end, all scalar
     public void MaxPoolMatchesReference(int planes, int h, int w, int k, int stride, int pad)
     {
         var x = Naive.RandomFloats(new Random(h * w), planes * h * w);
