@@ -11,8 +11,8 @@ using Unrolled.Runtime;
 namespace Unrolled.Benchmarks;
 
 /// <summary>
-/// `--layer-profile` [`--batch8`]: where the time of a ResNet-50 forward goes, convolution shape by convolution shape,
-/// for Unrolled and for ONNX Runtime side by side. Unrolled's time per convolution comes from the runtime's own clock
+/// `--layer-profile` [`--batch8`]: where the time of a ResNet-50 forward goes, convolution shape by convolution shape
+/// (and the pools and the classifier), for Unrolled and for ONNX Runtime side by side. Unrolled's time per convolution comes from the runtime's own clock
 /// (<see cref="NetworkState.Clock"/>), ONNX Runtime's from its profiler (each Conv node's kernel time); each is the
 /// median over many forwards after a warm-up, summed over the layers of a shape. Both engines run in this process,
 /// one after the other, not interleaved: the machine may change between them, so compare the shapes' shares.
@@ -35,7 +35,7 @@ internal static class LayerProfile
         var ours = Unrolled(batch, input, out double ourForward);
         var theirs = OnnxRuntime(model, batch, input, out double theirForward);
 
-        Console.WriteLine($"ResNet-50 at batch {batch}, per convolution shape: count, Unrolled ms, ONNX Runtime ms, ratio (medians of {Calls} forwards, summed over the shape's layers)");
+        Console.WriteLine($"ResNet-50 at batch {batch}, per convolution shape and the other layers: count, Unrolled ms, ONNX Runtime ms, ratio (medians of {Calls} forwards, summed over the shape's layers)");
         double ourSum = 0, theirSum = 0;
         foreach (var (shape, (count, ms)) in ours.OrderByDescending(p => p.Value.Ms))
         {
@@ -46,9 +46,11 @@ internal static class LayerProfile
         }
         foreach (var (shape, (count, ms)) in theirs.Where(p => !ours.ContainsKey(p.Key)))
             Console.WriteLine($"  {shape,-26} x{count,-2} (ONNX Runtime only) {ms,7:F3}");
-        Console.WriteLine($"  all convolutions: Unrolled {ourSum:F2} ms, ONNX Runtime {theirSum:F2} ms; whole forward (median): Unrolled {ourForward:F2} ms, ONNX Runtime {theirForward:F2} ms");
+        Console.WriteLine($"  all layers: Unrolled {ourSum:F2} ms, ONNX Runtime {theirSum:F2} ms; whole forward (median): Unrolled {ourForward:F2} ms, ONNX Runtime {theirForward:F2} ms");
         return 0;
     }
+
+    private const string MaxPool = "max pool 3x3/2", AveragePool = "average pool", Classifier = "fully connected";
 
     private static string Key(int cin, int size, int cout, int kernel, int stride) =>
         $"{cin}x{size}x{size} -> {cout} {kernel}x{kernel}/{stride}";
@@ -65,20 +67,25 @@ internal static class LayerProfile
         for (int call = 0; call < Calls; call++)
         {
             Array.Clear(clock.Ticks);
+            clock.MaxPool = clock.AveragePool = clock.Linear = 0;
             NetworkState.Clock = clock;
             long start = Stopwatch.GetTimestamp();
             net.Forward(input, logits);
             forwards.Add(Stopwatch.GetElapsedTime(start).TotalMilliseconds);
             NetworkState.Clock = null;
-            perCall.Add((long[])clock.Ticks.Clone());
+            perCall.Add([.. clock.Ticks, clock.MaxPool, clock.AveragePool, clock.Linear]);
         }
         forwardMs = Median(forwards);
-        var byShape = new Dictionary<string, (int Count, double Ms)>();
+        double Ms(int at) => Median(perCall.Select(t => t[at] * 1000.0 / Stopwatch.Frequency).ToList());
+        var byShape = new Dictionary<string, (int Count, double Ms)>
+        {
+            [MaxPool] = (1, Ms(clock.Ticks.Length)), [AveragePool] = (1, Ms(clock.Ticks.Length + 1)), [Classifier] = (1, Ms(clock.Ticks.Length + 2)),
+        };
         for (int layer = 0; layer < clock.Ticks.Length; layer++)
         {
             if (clock.Shapes[layer].Cin == 0) continue;
             var (cin, size, cout, kernel, stride) = clock.Shapes[layer];
-            double ms = Median(perCall.Select(t => t[layer] * 1000.0 / Stopwatch.Frequency).ToList());
+            double ms = Ms(layer);
             string key = Key(cin, size, cout, kernel, stride);
             var (count, sum) = byShape.GetValueOrDefault(key);
             byShape[key] = (count + 1, sum + ms);
@@ -117,7 +124,15 @@ internal static class LayerProfile
                 if (cat == "Session" && name == "model_run") runs.Add(ms);
                 if (cat != "Node" || !name.EndsWith("_kernel_time", StringComparison.Ordinal)) continue;
                 var args = e.GetProperty("args");
-                if (args.GetProperty("op_name").GetString() != "Conv") continue;
+                string op = args.GetProperty("op_name").GetString() ?? "";
+                string? other = op switch { "MaxPool" => MaxPool, "GlobalAveragePool" => AveragePool, "Gemm" => Classifier, _ => null };
+                if (other is not null)
+                {
+                    shapes[name] = other;
+                    if (!durations.TryGetValue(name, out var times)) durations[name] = times = new List<double>();
+                    times.Add(ms);
+                }
+                if (op != "Conv") continue;
                 // input_type_shape: [{"float": [n, cin, h, w]}, {"float": [cout, cin, k, k]}, ...]; output: [{"float": [n, cout, oh, ow]}]
                 int[] Dims(JsonElement list, int i) => list[i].EnumerateObject().First().Value.EnumerateArray().Select(d => d.GetInt32()).ToArray();
                 var x = Dims(args.GetProperty("input_type_shape"), 0);

@@ -706,13 +706,18 @@ public sealed unsafe class NetworkState
 
     /// <summary>
     /// Benchmarks only (`--layer-profile`): while set, each eval-mode CPU convolution adds its wall time, in
-    /// <see cref="System.Diagnostics.Stopwatch"/> ticks, at its index, and records its shape there.
+    /// <see cref="System.Diagnostics.Stopwatch"/> ticks, at its index, and records its shape there; the pools and the
+    /// classifier add theirs too.
     /// </summary>
     internal sealed class ConvClock(int capacity)
     {
         public readonly long[] Ticks = new long[capacity];
         public readonly (int Cin, int Size, int Cout, int Kernel, int Stride)[] Shapes = new (int, int, int, int, int)[capacity];
+        // The other layers of an eval-mode CPU forward, in ticks too.
+        public long MaxPool, AveragePool, Linear;
     }
+
+    private static long Tick() => System.Diagnostics.Stopwatch.GetTimestamp();
 
     internal static ConvClock? Clock;
 
@@ -734,9 +739,9 @@ public sealed unsafe class NetworkState
                 ConvEval(index, c, x, y, residual, batch, cin, h, w, cout, oh, ow, kernel, stride, pad, relu);
                 return;
             }
-            long start = System.Diagnostics.Stopwatch.GetTimestamp();
+            long start = Tick();
             ConvEval(index, c, x, y, residual, batch, cin, h, w, cout, oh, ow, kernel, stride, pad, relu);
-            clock.Ticks[index] += System.Diagnostics.Stopwatch.GetTimestamp() - start;
+            clock.Ticks[index] += Tick() - start;
             clock.Shapes[index] = (cin, h, cout, kernel, stride);
             return;
         }
@@ -886,8 +891,14 @@ public sealed unsafe class NetworkState
 
     public void MaxPool(ReadOnlySpan<float> x, Span<float> y, int batch, int channels, int h, int w, int oh, int ow, int kernel, int stride, int pad)
     {
-        if (_gpu is not null) _gpu.MaxPool(x, y, batch, channels, h, w, oh, ow, kernel, stride, pad);
-        else Kernels.MaxPool(x, y, batch * channels, h, w, oh, ow, kernel, stride, pad);
+        if (_gpu is not null)
+        {
+            _gpu.MaxPool(x, y, batch, channels, h, w, oh, ow, kernel, stride, pad);
+            return;
+        }
+        long start = Clock is null ? 0 : Tick();
+        Kernels.MaxPool(x, y, batch * channels, h, w, oh, ow, kernel, stride, pad);
+        if (Clock is { } clock) clock.MaxPool += Tick() - start;
     }
 
     public void MaxPoolBackward(ReadOnlySpan<float> x, ReadOnlySpan<float> g, Span<float> gx, int batch, int channels, int h, int w, int oh, int ow, int kernel, int stride, int pad)
@@ -903,8 +914,14 @@ public sealed unsafe class NetworkState
 
     public void GlobalAveragePool(ReadOnlySpan<float> x, Span<float> y, int batch, int channels, int hw)
     {
-        if (_gpu is not null) _gpu.GlobalAveragePool(x, y, batch, channels, hw);
-        else Kernels.GlobalAveragePool(x, y, batch * channels, hw);
+        if (_gpu is not null)
+        {
+            _gpu.GlobalAveragePool(x, y, batch, channels, hw);
+            return;
+        }
+        long start = Clock is null ? 0 : Tick();
+        Kernels.GlobalAveragePool(x, y, batch * channels, hw);
+        if (Clock is { } clock) clock.AveragePool += Tick() - start;
     }
 
     public void GlobalAveragePoolBackward(ReadOnlySpan<float> g, Span<float> gx, int batch, int channels, int hw)
@@ -922,8 +939,14 @@ public sealed unsafe class NetworkState
 
     public void Linear(ReadOnlySpan<float> x, Span<float> y, int batch)
     {
-        if (_gpu is not null) _gpu.Linear(x, y, batch);
-        else LinearOnCpu(x, y, batch);
+        if (_gpu is not null)
+        {
+            _gpu.Linear(x, y, batch);
+            return;
+        }
+        long start = Clock is null ? 0 : Tick();
+        LinearOnCpu(x, y, batch);
+        if (Clock is { } clock) clock.Linear += Tick() - start;
     }
 
     private void LinearOnCpu(ReadOnlySpan<float> x, Span<float> y, int batch) =>
