@@ -39,11 +39,12 @@ public sealed unsafe class NetworkState
     private readonly float[][] _bnInvStd;
     private bool _batchStatistics;
 
-    private float[] _arena = Array.Empty<float>();
-    private float[] _trainArena = Array.Empty<float>();
-    private float[] _gradientArena = Array.Empty<float>();
-    private float[] _columns = Array.Empty<float>();
-    private float[] _gradientRows = Array.Empty<float>();
+    // The activations and scratch the kernels stream with vectors: on cache-line boundaries (see AlignedFloats).
+    private AlignedFloats _arena = AlignedFloats.Empty;
+    private AlignedFloats _trainArena = AlignedFloats.Empty;
+    private AlignedFloats _gradientArena = AlignedFloats.Empty;
+    private AlignedFloats _columns = AlignedFloats.Empty;
+    private AlignedFloats _gradientRows = AlignedFloats.Empty;
 
     public NetworkState(NetworkSpec spec, Device device, int seed = 0)
     {
@@ -556,15 +557,15 @@ public sealed unsafe class NetworkState
         return batch;
     }
 
-    private static void Ensure(ref float[] buffer, long floats, string what, string name, int batch)
+    private static void Ensure(ref AlignedFloats buffer, long floats, string what, string name, int batch)
     {
         CheckSize(floats, what, name, batch);
-        if (buffer.Length < floats) buffer = new float[floats];
+        if (buffer.Length < floats) buffer = new AlignedFloats(floats);
     }
 
     private static void CheckSize(long floats, string what, string name, int batch)
     {
-        if (floats > Array.MaxLength)
+        if (floats > Array.MaxLength - 15)
             throw new ArgumentException($"{name}: a batch of {batch} needs {floats} floats of {what}, more than one array holds; use a smaller batch.", "input");
     }
 
@@ -581,7 +582,7 @@ public sealed unsafe class NetworkState
         }
         Ensure(ref _arena, need, "activations", _spec.Name, batch);
         Prepare();
-        return _arena.AsSpan(0, (int)need);
+        return _arena.Slice(0, (int)need);
     }
 
     /// <summary>
@@ -620,8 +621,8 @@ public sealed unsafe class NetworkState
         Ensure(ref _columns, _spec.MaxColumns, "im2col scratch", _spec.Name, batch);
         _batchStatistics = IsTraining;
         if (_batchStatistics) BackUpStatistics();
-        gradients = _gradientArena.AsSpan(0, (int)grads);
-        return _trainArena.AsSpan(0, (int)saved);
+        gradients = _gradientArena.Slice(0, (int)grads);
+        return _trainArena.Slice(0, (int)saved);
     }
 
     private void Prepare()
@@ -653,55 +654,55 @@ public sealed unsafe class NetworkState
     // 3x3 stride-1 convolutions by Winograd (eval mode, and a training step's forward and data gradient): their
     // transformed weights, for the forward and (transposed) for the data gradient, for each tile size a layer has used
     // (it depends on the batch), made when first needed and again after the weights change (allocated once).
-    private float[]?[]? _winograd, _winogradTransposed;
+    private AlignedFloats?[]? _winograd, _winogradTransposed;
     private long[]? _winogradVersion, _winogradTransposedVersion;
 
     private ReadOnlySpan<float> WinogradWeights(int index, ConvSpec c, Cpu.Winograd.Tiles tiles, bool transposed = false)
     {
-        ref float[]?[]? cache = ref transposed ? ref _winogradTransposed : ref _winograd;
+        ref AlignedFloats?[]? cache = ref transposed ? ref _winogradTransposed : ref _winograd;
         ref long[]? versions = ref transposed ? ref _winogradTransposedVersion : ref _winogradVersion;
-        cache ??= new float[]?[2 * _spec.Convs.Length];
+        cache ??= new AlignedFloats?[2 * _spec.Convs.Length];
         versions ??= new long[2 * _spec.Convs.Length];
         int slot = 2 * index + (tiles == Cpu.Winograd.Tiles.F4 ? 1 : 0);
         var u = cache[slot];
         if (u is null || versions[slot] != _weightsVersion)
         {
-            u ??= cache[slot] = new float[Cpu.Winograd.TransformedSize(c.OutChannels, c.InChannels, tiles)];
-            if (transposed) Cpu.Winograd.TransformTransposedWeights(Weights(c), u, c.OutChannels, c.InChannels, tiles);
-            else Cpu.Winograd.TransformWeights(Weights(c), u, c.OutChannels, c.InChannels, tiles);
+            u ??= cache[slot] = new AlignedFloats(Cpu.Winograd.TransformedSize(c.OutChannels, c.InChannels, tiles));
+            if (transposed) Cpu.Winograd.TransformTransposedWeights(Weights(c), u.Span, c.OutChannels, c.InChannels, tiles);
+            else Cpu.Winograd.TransformWeights(Weights(c), u.Span, c.OutChannels, c.InChannels, tiles);
             versions[slot] = _weightsVersion;
         }
-        return u;
+        return u.Span;
     }
 
     // Eval mode's direct convolutions: their weights packed into the GEMM's row panels (one stream per panel instead
     // of a stream per row), or, for the batch-1 convolutions computed transposed, into its column panels; made when
     // first needed and again after the weights change (allocated once).
-    private float[]?[]? _packed, _packedTransposed;
+    private AlignedFloats?[]? _packed, _packedTransposed;
     private long[]? _packedVersion, _packedTransposedVersion;
 
     private ReadOnlySpan<float> PackedWeights(int index, ConvSpec c, bool transposed = false)
     {
-        ref float[]?[]? cache = ref transposed ? ref _packedTransposed : ref _packed;
+        ref AlignedFloats?[]? cache = ref transposed ? ref _packedTransposed : ref _packed;
         ref long[]? versions = ref transposed ? ref _packedTransposedVersion : ref _packedVersion;
-        cache ??= new float[]?[_spec.Convs.Length];
+        cache ??= new AlignedFloats?[_spec.Convs.Length];
         versions ??= new long[_spec.Convs.Length];
         var p = cache[index];
         if (p is null || versions[index] != _weightsVersion)
         {
             if (transposed)
             {
-                p ??= cache[index] = new float[Cpu.Gemm.TransposedBFloats(c.OutChannels, c.K)];
-                Cpu.Gemm.PackTransposedB(Weights(c), c.OutChannels, c.K, p);
+                p ??= cache[index] = new AlignedFloats(Cpu.Gemm.TransposedBFloats(c.OutChannels, c.K));
+                Cpu.Gemm.PackTransposedB(Weights(c), c.OutChannels, c.K, p.Span);
             }
             else
             {
-                p ??= cache[index] = new float[Cpu.Gemm.PackedRows(c.OutChannels) * c.K];
-                Cpu.Gemm.PackA(Weights(c), c.OutChannels, c.K, p);
+                p ??= cache[index] = new AlignedFloats((long)Cpu.Gemm.PackedRows(c.OutChannels) * c.K);
+                Cpu.Gemm.PackA(Weights(c), c.OutChannels, c.K, p.Span);
             }
             versions[index] = _weightsVersion;
         }
-        return p;
+        return p.Span;
     }
 
     /// <summary>
@@ -836,14 +837,14 @@ public sealed unsafe class NetworkState
             centre ? Cpu.Backward.FilterPanelFloats(columns, cin) + (long)cout * cin
             : planes ? Cpu.Backward.PlanesFloats(cin, h, w, cout) : pointwise ? Cpu.Backward.PointwiseFloats(cin, hw, cout) : Cpu.Backward.FilterPanelFloats(columns, c.K),
             gx.IsEmpty ? 0 : (long)(centre ? cin : c.K) * columns);
-        if (_columns.Length < scratch) _columns = new float[scratch];
-        if (fold && _gradientRows.Length < cout * columns) _gradientRows = new float[cout * columns];
+        if (_columns.Length < scratch) _columns = new AlignedFloats(scratch);
+        if (fold && _gradientRows.Length < cout * columns) _gradientRows = new AlignedFloats(cout * columns);
         // The folded filter gradient is one GEMM over the whole batch: right after ZeroGrad it stores dW instead of
         // adding to zeros, so that dW is neither cleared nor read first.
         bool folded = fold && !centre;
         var gradients = GradientsOfLayer(index, out bool cleared, weightsStoredWhole: folded);
         fixed (float* px = x, pz = z, pa = a, pg = g, pgr = gResidual, pgx = gx, pvalues = ValueArray, pgrads = gradients,
-               pmean = _bnMean[index], pinv = _bnInvStd[index], pcols = _columns, prows = _gradientRows)
+               pmean = _bnMean[index], pinv = _bnInvStd[index], pcols = _columns.Span, prows = _gradientRows.Span)
         fixed (double* psums = BnSums(cout))
         {
             Cpu.Backward.BatchNorm(pz, pa, pg, gResidual.IsEmpty ? null : pgr, pvalues + c.BatchNorm, pmean, pinv,
