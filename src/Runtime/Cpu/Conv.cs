@@ -34,7 +34,10 @@ internal static unsafe class Conv
         public bool InPlace;
         // Stride 2: X's rows split into their even and odd columns ([image][c][y][phase][half]), or null.
         public float* Phases;
-        public int Half, RowsPerSplit;
+        public int Half, RowsPerSplit, SplitRows;
+        // One job for all images (MultiplyImages): items per image, floats per image in and out.
+        public int ItemsPerImage;
+        public long ImageIn, ImageOut;
     }
 
     /// <summary>
@@ -129,20 +132,38 @@ internal static unsafe class Conv
                     PackInItem = packInItem, InPlace = inPlace, Phases = phases, Half = half,
                     ARowStride = aRowStride, AKStride = aKStride, Relu = relu && !fold, PackedA = packedWeights,
                 };
-                for (int image = 0; image < (fold ? 1 : batch); image++)
+                if (!fold && batch > 1 && packInItem)
                 {
-                    job.X = px + (long)image * cin * h * w;
-                    job.Y = fold ? folded : py + (long)image * cout * hw;
-                    job.Residual = residual.IsEmpty || fold ? null : pr + (long)image * cout * hw;
+                    // Every image's items in one job: no barrier between images, and each core mostly works through
+                    // whole images of its own (its home range of items), reading and writing only their planes
+                    // (ResNet-50 at batch 8, A/B: 216.0 against 210.0 and 242.6 against 235.7 ms; 64 -> 256 at 56x56
+                    // 17.7 against 15.8 ms, 128 -> 512 at 28x28 16.5 against 14.5). Where items share packed
+                    // columns, a pass packs them first, image by image, below.
+                    job.X = px;
+                    job.Y = py;
+                    job.Residual = residual.IsEmpty ? null : pr;
+                    job.ItemsPerImage = blocks * rowChunks;
+                    job.ImageIn = (long)cin * h * w;
+                    job.ImageOut = (long)cout * hw;
                     if (phases != null)
                     {
-                        // Blocks of rows, about eight per thread.
-                        int rows = images * cin * h;
-                        job.RowsPerSplit = (rows + 8 * threads - 1) / (8 * threads);
-                        WorkerPool.Shared.Run(&SplitPhases, &job, (rows + job.RowsPerSplit - 1) / job.RowsPerSplit);
+                        phases = s_phases.Get((long)batch * cin * h * 2 * half);
+                        job.Phases = phases;
+                        SplitAll(ref job, batch * cin * h, threads);
                     }
-                    if (!job.PackInItem) WorkerPool.Shared.Run(&Pack, &job, columnPanels);
-                    WorkerPool.Shared.Run(&Multiply, &job, blocks * rowChunks);
+                    WorkerPool.Shared.Run(&MultiplyImages, &job, batch * job.ItemsPerImage);
+                }
+                else
+                {
+                    for (int image = 0; image < (fold ? 1 : batch); image++)
+                    {
+                        job.X = px + (long)image * cin * h * w;
+                        job.Y = fold ? folded : py + (long)image * cout * hw;
+                        job.Residual = residual.IsEmpty || fold ? null : pr + (long)image * cout * hw;
+                        if (phases != null) SplitAll(ref job, images * cin * h, threads);
+                        if (!job.PackInItem) WorkerPool.Shared.Run(&Pack, &job, columnPanels);
+                        WorkerPool.Shared.Run(&Multiply, &job, blocks * rowChunks);
+                    }
                 }
                 if (fold)
                 {
@@ -483,11 +504,19 @@ internal static unsafe class Conv
 
     private static Gemm.Scratch s_phases;
 
+    /// <summary>The job's first <paramref name="rows"/> input rows split into their phases, in blocks of rows, about eight per thread.</summary>
+    private static void SplitAll(ref Job job, int rows, int threads)
+    {
+        job.RowsPerSplit = (rows + 8 * threads - 1) / (8 * threads);
+        job.SplitRows = rows;
+        fixed (Job* pj = &job) WorkerPool.Shared.Run(&SplitPhases, pj, (rows + job.RowsPerSplit - 1) / job.RowsPerSplit);
+    }
+
     /// <summary>Block <paramref name="block"/> of the input rows (of all the job's images), each into its even columns, then its odd ones.</summary>
     private static void SplitPhases(void* context, int block)
     {
         ref Job j = ref Unsafe.AsRef<Job>(context);
-        int first = block * j.RowsPerSplit, last = Math.Min(first + j.RowsPerSplit, j.Batch * j.Cin * j.H);
+        int first = block * j.RowsPerSplit, last = Math.Min(first + j.RowsPerSplit, j.SplitRows);
         for (int row = first; row < last; row++) SplitRow(ref j, row);
     }
 
@@ -521,9 +550,26 @@ internal static unsafe class Conv
         PackColumns(ref j, n0, Math.Min(Gemm.NR, j.N - n0), j.Packed + (long)panel * j.K * Gemm.NR);
     }
 
-    private static void Multiply(void* context, int item)
+    /// <summary>
+    /// Item <paramref name="item"/> of all the images' items in one job: image item / ItemsPerImage, each image's
+    /// input, output and residual ImageIn and ImageOut floats after the one before.
+    /// </summary>
+    private static void MultiplyImages(void* context, int item)
     {
-        ref Job j = ref Unsafe.AsRef<Job>(context);
+        ref Job all = ref Unsafe.AsRef<Job>(context);
+        int image = item / all.ItemsPerImage;
+        Job j = all;
+        j.X += (long)image * all.ImageIn;
+        j.Y += (long)image * all.ImageOut;
+        if (j.Residual != null) j.Residual += (long)image * all.ImageOut;
+        if (j.Phases != null) j.Phases += (long)image * j.Cin * j.H * 2 * j.Half;
+        MultiplyItem(ref j, item % all.ItemsPerImage);
+    }
+
+    private static void Multiply(void* context, int item) => MultiplyItem(ref Unsafe.AsRef<Job>(context), item);
+
+    private static void MultiplyItem(ref Job j, int item)
+    {
         int chunk = item % j.RowChunks;
         int firstPanel = item / j.RowChunks * j.PanelsPerBlock;
         int lastPanel = Math.Min(firstPanel + j.PanelsPerBlock, j.ColumnPanels);

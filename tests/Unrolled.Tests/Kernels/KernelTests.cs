@@ -37,6 +37,7 @@ public class KernelTests
         { 2, 3, 32, 32, 16, 7, 2, 3 },
         { 1, 3, 40, 37, 10, 7, 2, 3 },  // the stem's split into even and odd columns: an odd width, rows of 16 by vectors and 2 after
         { 2, 4, 21, 26, 6, 5, 2, 2 },   // the same for a 5x5 kernel, batch 2 folded (11 x 13 outputs per image)
+        { 2, 3, 40, 37, 8, 7, 2, 3 },   // the stem's split at batch 2, not folded: one row panel, both images' items in one job
         { 1, 16, 14, 14, 32, 1, 1, 0 },
         { 3, 5, 9, 7, 13, 1, 1, 0 },
         { 2, 16, 15, 15, 24, 1, 2, 0 },
