@@ -191,6 +191,11 @@ internal static unsafe class Winograd
         public float* X, Y, Residual, U, Scale, Bias;
         public int Batch, Cin, Cout, H, W, TilesY, TilesX, T, Positions;
         public bool Relu, Large;
+        // Items [0, Whole) are whole chunks; each of the chunks after them is split into Groups items by output
+        // channels (row panels of the products).
+        public int Whole, Groups, Chunks;
+        // The output channels an item transforms back: all of them, or its group's.
+        public int OutFirst, OutEnd;
     }
 
     /// <summary>Tiles transformed together: one per lane of a 512-bit vector.</summary>
@@ -222,7 +227,18 @@ internal static unsafe class Winograd
                 Batch = batch, Cin = cin, Cout = cout, H = h, W = w, TilesY = tilesY, TilesX = tilesX, T = t, Relu = relu,
                 Positions = Positions(tiles), Large = tiles == Tiles.F4,
             };
-            WorkerPool.Shared.Run(&Chunk, &job, (t + Gemm.NR - 1) / Gemm.NR);
+            // A chunk's GEMMs cost the same however few tiles it has, so chunks that do not divide evenly between the
+            // cores leave one idle for a chunk's time (ResNet-50's 28x28 layers at batch 1: 7 chunks on 2 cores). With
+            // F(2x2, 3x3) those last chunks are split between the cores by output channels, each part transforming
+            // the chunk's inputs again (128 -> 128 at 28x28, A/B: 1.53 against 1.58 and 1.42 against 1.49 ms). Not
+            // with F(4x4, 3x3), whose input transform costs more (64 -> 64 at 56x56: 1.49 against 1.46 and 1.42
+            // against 1.38 ms, slower).
+            int chunks = (t + Gemm.NR - 1) / Gemm.NR, threads = WorkerPool.Shared.Threads;
+            int split = tiles == Tiles.F2 && chunks > threads ? chunks % threads : 0;
+            job.Whole = chunks - split;
+            job.Groups = threads;
+            job.Chunks = chunks;
+            WorkerPool.Shared.Run(&Chunk, &job, job.Whole + split * threads);
         }
     }
 
@@ -255,9 +271,26 @@ internal static unsafe class Winograd
     /// <summary>Whether a 3x3 stride-1 pad-1 convolution of this shape runs by Winograd (either tile).</summary>
     public static bool Pays(int batch, int cin, int h, int w, int cout) => Choose(3, 1, 1, batch, cin, h, w, cout) != Tiles.None;
 
-    private static void Chunk(void* context, int chunk)
+    private static void Chunk(void* context, int item)
     {
-        ref Job j = ref Unsafe.AsRef<Job>(context);
+        Job j = Unsafe.AsRef<Job>(context);
+        int chunk = item, firstPanel = 0, rowPanels = Gemm.RowPanelCount(j.Cout), endPanel = rowPanels;
+        int split = j.Chunks - j.Whole;
+        if (split > 0)
+        {
+            // Each thread's range of items (WorkerPool) starts with one group of every split chunk, then its share of
+            // the whole ones: the same work in every range.
+            int perRange = (j.Whole + split * j.Groups) / j.Groups, range = item / perRange, at = item % perRange;
+            if (at < split)
+            {
+                chunk = j.Whole + at;
+                firstPanel = (int)((long)range * rowPanels / j.Groups);
+                endPanel = (int)((long)(range + 1) * rowPanels / j.Groups);
+            }
+            else chunk = range * (j.Whole / j.Groups) + at - split;
+        }
+        j.OutFirst = Gemm.PanelStart(j.Cout, firstPanel);
+        j.OutEnd = endPanel == rowPanels ? j.Cout : Gemm.PanelStart(j.Cout, endPanel);
         int first = chunk * Gemm.NR, count = Math.Min(Gemm.NR, j.T - first);
         int positions = j.Positions;
         float* v = t_v.Get((long)positions * j.Cin * Gemm.NR);
@@ -267,11 +300,10 @@ internal static unsafe class Winograd
             for (int xi = 0; xi < positions; xi++)
                 for (int c = 0; c < j.Cin; c++) new Span<float>(v + ((long)xi * j.Cin + c) * Gemm.NR + count, Gemm.NR - count).Clear();
         // M[xi] = U[xi] . V[xi]: a GEMM of [Cout x Cin] . [Cin x NR] per position.
-        int rowPanels = Gemm.RowPanelCount(j.Cout);
         for (int xi = 0; xi < positions; xi++)
         {
             float* a = j.U + (long)xi * j.Cout * j.Cin, b = v + (long)xi * j.Cin * Gemm.NR, mx = m + (long)xi * j.Cout * Gemm.NR;
-            for (int rp = 0; rp < rowPanels; rp++)
+            for (int rp = firstPanel; rp < endPanel; rp++)
             {
                 int m0 = Gemm.PanelStart(j.Cout, rp), height = Gemm.PanelHeight(j.Cout, rp);
                 Gemm.Tile(j.Cin, a + (long)m0 * j.Cin, Gemm.Layout.RowMajor(j.Cin), b, mx + (long)m0 * Gemm.NR, Gemm.NR,
@@ -322,7 +354,7 @@ internal static unsafe class Winograd
     private static void TransformOutput(ref Job j, int n, int ty, int tx0, int length, float* m)
     {
         long xi1 = (long)j.Cout * Gemm.NR;
-        for (int k = 0; k < j.Cout; k++)
+        for (int k = j.OutFirst; k < j.OutEnd; k++)
         {
             OutputChannel(ref j, n, k, out var scale, out var bias, out float* y, out float* res);
             float* mk = m + (long)k * Gemm.NR;
@@ -573,7 +605,7 @@ internal static unsafe class Winograd
         var two = Vector512.Create(2f);
         var four = Vector512.Create(4f);
         var eight = Vector512.Create(8f);
-        for (int k = 0; k < j.Cout; k++)
+        for (int k = j.OutFirst; k < j.OutEnd; k++)
         {
             OutputChannel(ref j, n, k, out var scale, out var bias, out float* y, out float* res);
             float* mk = m + (long)k * Gemm.NR;
