@@ -56,6 +56,9 @@ public class KernelTests
         { 2, 40, 20, 16, 30, 1, 1, 0 }, // 1x1 over 320 pixels per image (not folded): ten whole column panels each, read in place
         { 2, 24, 9, 30, 20, 1, 1, 0 },  // 1x1 over 270 pixels: eight panels read in place and a ninth of 14 columns packed
         { 6, 8, 3, 3, 12, 1, 1, 0 }, // 1x1 folded over maps of 9 pixels: a column panel takes runs from four images
+        { 3, 24, 7, 7, 20, 1, 1, 0 },  // 1x1 folded over maps of 49 pixels (panels across image boundaries), residual through the scatter
+        { 8, 16, 14, 14, 40, 1, 1, 0 }, // 1x1 folded over 8 maps of 196 pixels: 49 panels exactly
+        { 2, 8, 8, 8, 12, 1, 1, 0 },    // 1x1 folded over maps of 64 pixels: two panels per image
         { 40, 3, 1, 1, 5, 1, 1, 0 }, // 1x1 folded over single pixels: one run per image, the second panel part-filled
         { 34, 21, 1, 1, 14, 3, 1, 1 }, // a map of one pixel: only the centre tap meets it (a 1x1 convolution of those weights)
         { 1, 5, 1, 1, 30, 3, 2, 1 },   // the same, one image, stride 2
