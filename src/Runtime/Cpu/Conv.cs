@@ -35,9 +35,8 @@ internal static unsafe class Conv
         // Stride 2: X's rows split into their even and odd columns ([image][c][y][phase][half]), or null.
         public float* Phases;
         public int Half, RowsPerSplit, SplitRows;
-        // One job for all images (MultiplyImages): items per image, floats per image in and out.
+        // One job for all images (MultiplyImages): items per image.
         public int ItemsPerImage;
-        public long ImageIn, ImageOut;
     }
 
     /// <summary>
@@ -111,13 +110,19 @@ internal static unsafe class Conv
             // With one row chunk no item shares its columns with another: each gathers its own, with no separate
             // pass and no barrier between gathering and multiplying.
             bool packInItem = rowChunks == 1 || inPlace;
+            // Every image's items in one job: no barrier between images, and each core mostly works through whole
+            // images of its own (its home range of items), reading and writing only their planes (ResNet-50 at batch
+            // 8, A/B: 216.0 against 210.0 and 242.6 against 235.7 ms; 64 -> 256 at 56x56 17.7 against 15.8 ms,
+            // 128 -> 512 at 28x28 16.5 against 14.5). Where items share packed columns, a pass packs them first,
+            // image by image.
+            bool allImages = !fold && batch > 1 && packInItem;
             // Stride 2 with a kernel of 5 or more (a ResNet's 7x7 stem): each input row is first split into its even
             // and odd columns, so that every tap's run of a panel's columns is a contiguous copy from one of them
             // (ResNet-50's stem at batch 1, A/B: 0.92 against 0.97, 1.00 against 1.03 and 1.04 against 1.09 ms; its
             // 147 taps per column still cost about a quarter of its time to gather). Not for 3x3 kernels, whose three
             // taps per row share the reads anyway and whose larger inputs then make a round trip through memory
             // (128 -> 128 at 56x56: 1.11 against 1.23 ms).
-            int images = fold ? batch : 1, half = (w + 1) / 2;
+            int images = fold || allImages ? batch : 1, half = (w + 1) / 2;
             float* phases = stride == 2 && kernel >= 5 ? s_phases.Get((long)images * cin * h * 2 * half) : null;
             float* packed = packInItem ? null : s_packed.Get((long)columnPanels * k * Gemm.NR);
             float* folded = fold ? s_folded.Get((long)cout * n) : null;
@@ -132,25 +137,13 @@ internal static unsafe class Conv
                     PackInItem = packInItem, InPlace = inPlace, Phases = phases, Half = half,
                     ARowStride = aRowStride, AKStride = aKStride, Relu = relu && !fold, PackedA = packedWeights,
                 };
-                if (!fold && batch > 1 && packInItem)
+                if (allImages)
                 {
-                    // Every image's items in one job: no barrier between images, and each core mostly works through
-                    // whole images of its own (its home range of items), reading and writing only their planes
-                    // (ResNet-50 at batch 8, A/B: 216.0 against 210.0 and 242.6 against 235.7 ms; 64 -> 256 at 56x56
-                    // 17.7 against 15.8 ms, 128 -> 512 at 28x28 16.5 against 14.5). Where items share packed
-                    // columns, a pass packs them first, image by image, below.
                     job.X = px;
                     job.Y = py;
                     job.Residual = residual.IsEmpty ? null : pr;
                     job.ItemsPerImage = blocks * rowChunks;
-                    job.ImageIn = (long)cin * h * w;
-                    job.ImageOut = (long)cout * hw;
-                    if (phases != null)
-                    {
-                        phases = s_phases.Get((long)batch * cin * h * 2 * half);
-                        job.Phases = phases;
-                        SplitAll(ref job, batch * cin * h, threads);
-                    }
+                    if (phases != null) SplitAll(ref job, images * cin * h, threads);
                     WorkerPool.Shared.Run(&MultiplyImages, &job, batch * job.ItemsPerImage);
                 }
                 else
@@ -454,14 +447,13 @@ internal static unsafe class Conv
     {
         ref SubsampleJob j = ref Unsafe.AsRef<SubsampleJob>(context);
         float* src = j.X + (long)plane * j.H * j.W, dst = j.Xs + (long)plane * j.OH * j.OW;
-        var even = Vector512.Create(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
         for (int oy = 0; oy < j.OH; oy++, dst += j.OW)
         {
             float* row = src + (long)oy * j.Stride * j.W;
             int ox = 0;
             if (j.Stride == 2 && Avx512F.IsSupported)
                 for (; ox + 16 <= j.OW && 2 * ox + 32 <= j.W; ox += 16)
-                    Avx512F.PermuteVar16x32x2(Vector512.Load(row + 2 * ox), even, Vector512.Load(row + 2 * ox + 16)).Store(dst + ox);
+                    Avx512F.PermuteVar16x32x2(Vector512.Load(row + 2 * ox), s_evenLanes, Vector512.Load(row + 2 * ox + 16)).Store(dst + ox);
             for (; ox < j.OW; ox++) dst[ox] = row[ox * j.Stride];
         }
     }
@@ -504,6 +496,9 @@ internal static unsafe class Conv
 
     private static Gemm.Scratch s_phases;
 
+    // The even elements of two vectors of 16 (a stride-2 row's columns): PermuteVar16x32x2's indices.
+    private static readonly Vector512<int> s_evenLanes = Vector512.Create(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+
     /// <summary>The job's first <paramref name="rows"/> input rows split into their phases, in blocks of rows, about eight per thread.</summary>
     private static void SplitAll(ref Job job, int rows, int threads)
     {
@@ -526,13 +521,12 @@ internal static unsafe class Conv
         int t = 0;
         if (Avx512F.IsSupported)
         {
-            var evens = Vector512.Create(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-            var odds = evens + Vector512<int>.One;
+            var odds = s_evenLanes + Vector512<int>.One;
             for (; 2 * t + 32 <= j.W; t += 16)
             {
                 var lo = Vector512.Load(src + 2 * t);
                 var hi = Vector512.Load(src + 2 * t + 16);
-                Avx512F.PermuteVar16x32x2(lo, evens, hi).Store(even + t);
+                Avx512F.PermuteVar16x32x2(lo, s_evenLanes, hi).Store(even + t);
                 Avx512F.PermuteVar16x32x2(lo, odds, hi).Store(odd + t);
             }
         }
@@ -551,17 +545,17 @@ internal static unsafe class Conv
     }
 
     /// <summary>
-    /// Item <paramref name="item"/> of all the images' items in one job: image item / ItemsPerImage, each image's
-    /// input, output and residual ImageIn and ImageOut floats after the one before.
+    /// Item <paramref name="item"/> of all the images' items in one job: image item / ItemsPerImage, whose input,
+    /// output, residual and split rows follow the images before it.
     /// </summary>
     private static void MultiplyImages(void* context, int item)
     {
         ref Job all = ref Unsafe.AsRef<Job>(context);
         int image = item / all.ItemsPerImage;
         Job j = all;
-        j.X += (long)image * all.ImageIn;
-        j.Y += (long)image * all.ImageOut;
-        if (j.Residual != null) j.Residual += (long)image * all.ImageOut;
+        j.X += (long)image * j.Cin * j.H * j.W;
+        j.Y += (long)image * j.Cout * j.Hw;
+        if (j.Residual != null) j.Residual += (long)image * j.Cout * j.Hw;
         if (j.Phases != null) j.Phases += (long)image * j.Cin * j.H * 2 * j.Half;
         MultiplyItem(ref j, item % all.ItemsPerImage);
     }
@@ -727,9 +721,8 @@ internal static unsafe class Conv
                             if (s == 2 && Avx512F.IsSupported)
                             {
                                 // Sixteen even elements out of two loads; only while both loads stay inside the row.
-                                var even = Vector512.Create(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
                                 for (; t + 15 < hi && ix0 + 2 * t + 31 < j.W; t += 16)
-                                    Avx512F.PermuteVar16x32x2(Vector512.Load(from + 2 * t), even, Vector512.Load(from + 2 * t + 16)).Store(dst + t);
+                                    Avx512F.PermuteVar16x32x2(Vector512.Load(from + 2 * t), s_evenLanes, Vector512.Load(from + 2 * t + 16)).Store(dst + t);
                             }
                             for (; t < hi; t++) dst[t] = from[t * s];
                         }

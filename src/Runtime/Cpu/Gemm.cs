@@ -8,8 +8,8 @@ namespace Unrolled.Cpu;
 /// <summary>
 /// The register-blocked GEMM at the heart of every convolution: C[M x N] = A[M x K] . B[K x N], with A read in
 /// place (the weights, row-major) or packed into panels of <see cref="MR"/> rows ([k][MR]), and B packed per call
-/// into panels of <see cref="NR"/> columns ([k][NR]) or, where its rows are contiguous runs, read in place. The AVX-512 micro-kernel keeps an MR x NR tile (16 zmm
-/// accumulators) in registers; the epilogue applies a per-row scale and bias (eval-mode BatchNorm), adds a residual
+/// into panels of <see cref="NR"/> columns ([k][NR]) or, where its rows are contiguous runs, read in place. The
+/// AVX-512 micro-kernel keeps an MR x NR tile (16 zmm accumulators) in registers; the epilogue applies a per-row scale and bias (eval-mode BatchNorm), adds a residual
 /// and applies ReLU while the tile is stored, so outputs are written once.
 /// </summary>
 internal static unsafe class Gemm
@@ -135,8 +135,8 @@ internal static unsafe class Gemm
     /// epilogue c = relu?(acc * scale + bias + residual) applied while the tile is stored.
     /// <paramref name="a"/> points at row m0 of A (laid out as <paramref name="layout"/> says), <paramref name="b"/>
     /// at the B panel ([k][NR]), or at column n0 of a row-major B read in place whose rows are <paramref name="ldb"/>
-    /// apart (full panels only: NR columns are read); <paramref name="c"/> and <paramref name="residual"/> at element (m0, n0); <paramref name="scale"/>
-    /// and <paramref name="bias"/> at row m0 (or null: 1 and 0).
+    /// apart (full panels only: NR columns are read); <paramref name="c"/> and <paramref name="residual"/> at element
+    /// (m0, n0); <paramref name="scale"/> and <paramref name="bias"/> at row m0 (or null: 1 and 0).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Tile(int k, float* a, Layout layout, float* b, float* c, int ldc, int rows, int cols,

@@ -391,9 +391,9 @@ internal static unsafe class Kernels
                 float* from = plane + (long)iy * w + 2 * start - 1;
                 var lo = Vector512.Load(from);
                 var hi = Vector512.Load(from + 16);
-                var left = Avx512F.PermuteVar16x32x2(lo, s_evenLanes, hi);   // column 2 ox - 1
-                var middle = Avx512F.PermuteVar16x32x2(lo, s_oddLanes, hi);  // column 2 ox
-                var right = Avx512F.PermuteVar16x32x2(left, s_nextLanes, Vector512.CreateScalar(from[32])); // 2 ox + 1
+                var left = Avx512F.PermuteVar16x32x2(lo, s_evenLanes, hi);   // column 2 start - 1
+                var middle = Avx512F.PermuteVar16x32x2(lo, s_oddLanes, hi);  // column 2 start
+                var right = Avx512F.PermuteVar16x32x2(left, s_nextLanes, Vector512.CreateScalar(from[32])); // 2 start + 1
                 var row = Avx512F.Max(right, Avx512F.Max(middle, left));
                 poison += left + middle + right; // NaN if any input is (vmaxps drops a NaN in its first operand)
                 best = iy == y0 ? row : Avx512F.Max(row, best);

@@ -193,7 +193,7 @@ internal static unsafe class Winograd
         public bool Relu, Large;
         // Items [0, Whole) are whole chunks; each of the chunks after them is split into Groups items by output
         // channels (row panels of the products).
-        public int Whole, Groups, Chunks;
+        public int Whole, Groups;
         // The output channels an item transforms back: all of them, or its group's.
         public int OutFirst, OutEnd;
     }
@@ -237,7 +237,6 @@ internal static unsafe class Winograd
             int split = tiles == Tiles.F2 && chunks > threads ? chunks % threads : 0;
             job.Whole = chunks - split;
             job.Groups = threads;
-            job.Chunks = chunks;
             WorkerPool.Shared.Run(&Chunk, &job, job.Whole + split * threads);
         }
     }
@@ -275,7 +274,7 @@ internal static unsafe class Winograd
     {
         Job j = Unsafe.AsRef<Job>(context);
         int chunk = item, firstPanel = 0, rowPanels = Gemm.RowPanelCount(j.Cout), endPanel = rowPanels;
-        int split = j.Chunks - j.Whole;
+        int split = (j.T + Gemm.NR - 1) / Gemm.NR - j.Whole;
         if (split > 0)
         {
             // Each thread's range of items (WorkerPool) starts with one group of every split chunk, then its share of
