@@ -1,6 +1,7 @@
 using System;
 using System.IO;
 using System.Linq;
+using Unrolled.Runtime;
 using Unrolled.Tests.Kernels;
 using Xunit.Abstractions;
 
@@ -235,5 +236,189 @@ public class AllocationTests
             net.Forward(input, logits); // first call: arena and packed weights
             SteadyState.AssertAllocatesNothing($"{net.GetType().Name} forward, batch {batch}", () => net.Forward(input, logits));
         }
+    }
+}
+
+/// <summary>
+/// The batch-1 eval forward's layout plan (<see cref="LayoutPlan"/>): the first batch-1 forward runs in NCHW and is
+/// traced; from the second on, the activations that only transposed convolutions and the average pool touch are kept
+/// pixel-major. Either way every value is computed by the same operations in the same order.
+/// </summary>
+[Collection(nameof(AllocationTests))] // it switches the plan off for the process and reads the runtime's clock
+public class LayoutPlanTests
+{
+    private static (float[] Logits, (bool In, bool Out)[] Layouts) Forward(IResNet net, float[] input)
+    {
+        var logits = new float[net.OutputSize];
+        var clock = new NetworkState.ConvClock(256);
+        NetworkState.Clock = clock;
+        try
+        {
+            net.Forward(input, logits);
+        }
+        finally
+        {
+            NetworkState.Clock = null;
+        }
+        return (logits, clock.PixelMajor);
+    }
+
+    private static float[] InNchw(IResNet net, float[] input)
+    {
+        LayoutPlan.Off = true;
+        try
+        {
+            var (logits, layouts) = Forward(net, input);
+            Assert.DoesNotContain(layouts, l => l.In || l.Out);
+            return logits;
+        }
+        finally
+        {
+            LayoutPlan.Off = false;
+        }
+    }
+
+    [Fact]
+    public void ResNet50KeepsTheLayer3AndLayer4TensorsPixelMajorWithTheSameBits()
+    {
+        var net = new ResNet50();
+        net.Eval();
+        var (c, h, w) = net.InputShape;
+        var input = Naive.RandomFloats(new Random(5), c * h * w);
+        var expected = InNchw(net, input);
+        Assert.True(expected.Distinct().Count() > 100, "the logits must tell the images' classes apart");
+
+        var (first, traced) = Forward(net, input); // traced, in NCHW
+        Assert.Equal(expected, first);
+        Assert.DoesNotContain(traced, l => l.In || l.Out);
+        for (int call = 0; call < 2; call++)
+        {
+            var (logits, layouts) = Forward(net, input);
+            Assert.Equal(expected, logits);
+            if (!Unrolled.Cpu.Winograd.Pays(1, 256, 14, 14, 256))
+            {
+                // Without AVX-512 layer3's 3x3 convolutions are transposed too, and more is pixel-major.
+                Assert.True(layouts[27].In && layouts[27].Out);
+                continue;
+            }
+            // Worked out by hand from the generated forward (conv indices as in the snapshot): layer3's downsample (24)
+            // and its blocks' last convolutions (27, 30, ..., 42) write its trunk, read by the next blocks' first
+            // convolutions and residual adds; layer3.0's strided 3x3 (26) feeds its conv3 (27); every convolution of
+            // layer4 (43-52) is transposed. layer3's first convolutions (28, 31, ...) feed Winograd (NCHW), conv 25 is
+            // a 28x28 one in the normal orientation.
+            int[] writes = [24, 26, 27, 30, 33, 36, 39, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52];
+            int[] reads = [27, 28, 31, 34, 37, 40, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52];
+            Assert.Equal(writes, Enumerable.Range(0, layouts.Length).Where(i => layouts[i].Out));
+            Assert.Equal(reads, Enumerable.Range(0, layouts.Length).Where(i => layouts[i].In));
+        }
+    }
+
+    // A synthetic forward for the planner alone: regions of the arena in floats, (start, length).
+    private record Step(int Conv, (long, long) X, (long, long) Y, (long, long) R, bool CanWrite, bool CanRead);
+
+    private static (bool In, bool Out)[] Plan(params Step[] steps)
+    {
+        var plan = new LayoutPlan(steps.Length);
+        for (int pass = 0; pass < 2; pass++)
+        {
+            plan.Begin();
+            Assert.Equal(pass == 1, plan.Ready);
+            var layouts = new (bool In, bool Out)[steps.Length];
+            foreach (var s in steps)
+                layouts[s.Conv] = plan.Conv(s.Conv, s.X.Item1, s.X.Item2, s.Y.Item1, s.Y.Item2, s.R.Item1, s.R.Item2, s.CanWrite, s.CanRead);
+            bool pooled = plan.AveragePool(900, 100);
+            plan.End();
+            if (pass == 1) return layouts;
+            Assert.False(pooled);
+            Assert.DoesNotContain(layouts, l => l.In || l.Out);
+        }
+        throw new InvalidOperationException();
+    }
+
+    private static readonly (long, long) Input = (-1, 100), None = (-1, 0);
+
+    [Fact]
+    public void PlannerKeepsATensorPixelMajorOnlyWhereItsWriterAndEveryReaderTakeIt()
+    {
+        // 0 writes A; 1 reads A and writes B; 2 reads B, adds A, writes C; 3 reads C and writes the pooled D.
+        var layouts = Plan(
+            new Step(0, Input, (0, 100), None, true, false),
+            new Step(1, (0, 100), (100, 100), None, true, true),
+            new Step(2, (100, 100), (200, 100), (0, 100), true, true),
+            new Step(3, (200, 100), (900, 100), None, true, true));
+        Assert.Equal([(false, true), (true, true), (true, true), (true, true)], layouts);
+
+        // A reader that cannot take pixel-major input (2) keeps its input's writer (1) in NCHW.
+        layouts = Plan(
+            new Step(0, Input, (0, 100), None, true, false),
+            new Step(1, (0, 100), (100, 100), None, true, true),
+            new Step(2, (100, 100), (200, 100), (0, 100), true, false),
+            new Step(3, (200, 100), (900, 100), None, true, true));
+        Assert.Equal([(false, true), (true, false), (false, true), (true, true)], layouts);
+    }
+
+    [Fact]
+    public void PlannerGivesAResidualTheLayoutOfTheOutputItIsAddedTo()
+    {
+        // 2 cannot write pixel-major: A, added to its output, stays NCHW; so does 3's output, to which A is added too,
+        // and then 4's, to which 3's is added. B (1's output, read by 2) alone is pixel-major.
+        var layouts = Plan(
+            new Step(0, Input, (0, 100), None, true, false),
+            new Step(1, (0, 100), (100, 100), None, true, true),
+            new Step(2, (100, 100), (200, 100), (0, 100), false, true),
+            new Step(3, (200, 100), (300, 100), (0, 100), true, true),
+            new Step(4, (300, 100), (900, 100), (300, 100), true, true));
+        Assert.Equal([(false, false), (false, true), (true, false), (false, false), (false, false)], layouts);
+    }
+
+    [Fact]
+    public void PlannerKeepsARegionReadInPartOrOverwrittenInPartInNchw()
+    {
+        // 1 reads half of A: A stays NCHW. 2 writes over half of B before 3 reads B's region: 3's input is half of B and
+        // half of 2's output, so both stay NCHW.
+        var layouts = Plan(
+            new Step(0, Input, (0, 100), None, true, true),
+            new Step(1, (50, 50), (100, 100), None, true, true),
+            new Step(2, Input, (150, 100), None, true, true),
+            new Step(3, (100, 100), (900, 100), None, true, true));
+        Assert.Equal([(false, false), (false, false), (false, false), (false, true)], layouts);
+    }
+
+    [Fact]
+    public void PlannedForwardOutOfTheTracedOrderThrows()
+    {
+        var plan = new LayoutPlan(2);
+        plan.Begin();
+        plan.Conv(0, -1, 100, 0, 100, -1, 0, true, true);
+        plan.Conv(1, 0, 100, 900, 100, -1, 0, true, true);
+        plan.AveragePool(900, 100);
+        plan.End();
+        plan.Begin();
+        Assert.True(plan.Ready);
+        Assert.Throws<InvalidOperationException>(() => plan.Conv(1, 0, 100, 900, 100, -1, 0, true, true));
+
+        // A trace that never reached the pool (a forward that threw half way) is not planned from.
+        var broken = new LayoutPlan(2);
+        broken.Begin();
+        broken.Conv(0, -1, 100, 0, 100, -1, 0, true, true);
+        broken.End();
+        broken.Begin();
+        Assert.False(broken.Ready);
+    }
+
+    [Fact]
+    public void BasicBlocksKeepTheSameBitsToo()
+    {
+        // ResNet-18's layer4 at 7x7: 3x3 convolutions, transposed, read pixel-major input through their packed rows.
+        var net = new ResNet18();
+        net.Eval();
+        var (c, h, w) = net.InputShape;
+        var input = Naive.RandomFloats(new Random(6), c * h * w);
+        var expected = InNchw(net, input);
+        Forward(net, input);
+        var (logits, layouts) = Forward(net, input);
+        Assert.Equal(expected, logits);
+        Assert.Contains(layouts, l => l.In && l.Out);
+        Assert.False(layouts[0].Out, "the stem feeds the max pool, which reads NCHW");
     }
 }

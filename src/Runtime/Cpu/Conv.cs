@@ -191,6 +191,8 @@ internal static unsafe class Conv
         public int Cin, H, W, Cout, OW, Kernel, Stride, Pad, K, Hw;
         public int RowChunks, RowPanelsPerChunk, PanelsPerBlock;
         public bool Relu;
+        // X is pixel-major (read in place, row stride Cin); Y and the residual are pixel-major (row stride Cout).
+        public bool PixelsIn, PixelsOut;
     }
 
     /// <summary>
@@ -200,16 +202,24 @@ internal static unsafe class Conv
     /// packs them. Each tile is stored transposed into NCHW with the same epilogue as <see cref="Forward"/>; every sum
     /// runs over the same terms in the same order, so the results are <see cref="Forward"/>'s to the bit.
     /// </summary>
+    /// <remarks>
+    /// With <paramref name="pixelsIn"/>, x is pixel-major ([h*w][cin], see <see cref="Runtime.LayoutPlan"/>): read in
+    /// place by a 1x1 convolution (after a compact copy of the pixels a strided one reads), gathered into the packed
+    /// pixel rows by the others, each channel's taps at pixel offsets times cin. With <paramref name="pixelsOut"/>, y
+    /// and the residual are pixel-major ([oh*ow][cout]): each tile row is a run of channels of one pixel, stored as it
+    /// is, with no transposition.
+    /// </remarks>
     public static void ForwardTransposed(ReadOnlySpan<float> x, Span<float> y, ReadOnlySpan<float> residual,
         ReadOnlySpan<float> weightPanels, ReadOnlySpan<float> scale, ReadOnlySpan<float> bias,
-        int cin, int h, int w, int cout, int oh, int ow, int kernel, int stride, int pad, bool relu)
+        int cin, int h, int w, int cout, int oh, int ow, int kernel, int stride, int pad, bool relu,
+        bool pixelsIn = false, bool pixelsOut = false)
     {
-        if (Subsamples(1, kernel, stride, pad, oh * ow))
+        if (Subsamples(1, kernel, stride, pad, oh * ow) || (pixelsIn && kernel == 1 && pad == 0 && stride > 1))
         {
             lock (s_subsampleGate)
             {
-                var xs = Subsample(x, 1, cin, h, w, stride, oh, ow);
-                ForwardTransposed(xs, y, residual, weightPanels, scale, bias, cin, oh, ow, cout, oh, ow, 1, 1, 0, relu);
+                var xs = pixelsIn ? SubsamplePixels(x, cin, h, w, stride, oh, ow) : Subsample(x, 1, cin, h, w, stride, oh, ow);
+                ForwardTransposed(xs, y, residual, weightPanels, scale, bias, cin, oh, ow, cout, oh, ow, 1, 1, 0, relu, pixelsIn, pixelsOut);
             }
             return;
         }
@@ -239,6 +249,7 @@ internal static unsafe class Conv
                     Scale = scale.IsEmpty ? null : ps, Bias = bias.IsEmpty ? null : pb,
                     Cin = cin, H = h, W = w, Cout = cout, OW = ow, Kernel = kernel, Stride = stride, Pad = pad, K = k, Hw = hw,
                     RowChunks = rowChunks, RowPanelsPerChunk = rowPanelsPerChunk, PanelsPerBlock = panelsPerBlock, Relu = relu,
+                    PixelsIn = pixelsIn, PixelsOut = pixelsOut,
                 };
                 if (!inPlace) WorkerPool.Shared.Run(&PackPixelRows, &job, rowPanels);
                 WorkerPool.Shared.Run(&MultiplyTransposed, &job, blocks * rowChunks);
@@ -263,6 +274,9 @@ internal static unsafe class Conv
         }
         float* dst = j.A + (long)m0 * j.K;
         int taps = j.Kernel * j.Kernel;
+        // NCHW: a channel's plane, its pixels side by side; pixel-major: a pixel's channels side by side.
+        long channelStride = j.PixelsIn ? 1 : (long)j.H * j.W;
+        int pixelStride = j.PixelsIn ? j.Cin : 1;
         if (Avx2.IsSupported && taps <= MaxGatherTaps)
         {
             // Every tap reads the same pixels of each channel's plane at the same offsets: the offsets and which of
@@ -279,7 +293,7 @@ internal static unsafe class Conv
                     {
                         int iy = r < height ? iy0[r] + ky : -1, ix = r < height ? ix0[r] + kx : -1;
                         bool inside = (uint)iy < (uint)j.H && (uint)ix < (uint)j.W;
-                        lane[r] = inside ? iy * j.W + ix : 0;
+                        lane[r] = inside ? (iy * j.W + ix) * pixelStride : 0;
                         valid[r] = inside ? -1f : 0f; // the sign bit selects the lane
                     }
                     offsets[2 * t] = Vector256.Load(lane); offsets[2 * t + 1] = Vector256.Load(lane + 8);
@@ -287,7 +301,7 @@ internal static unsafe class Conv
                 }
             for (int c = 0; c < j.Cin; c++)
             {
-                float* plane = j.X + (long)c * j.H * j.W;
+                float* plane = j.X + c * channelStride;
                 for (int t = 0; t < taps; t++, dst += height)
                 {
                     Avx2.GatherMaskVector256(Vector256<float>.Zero, plane, offsets[2 * t], masks[2 * t], 4).Store(dst);
@@ -299,13 +313,13 @@ internal static unsafe class Conv
         }
         for (int c = 0; c < j.Cin; c++)
         {
-            float* plane = j.X + (long)c * j.H * j.W;
+            float* plane = j.X + c * channelStride;
             for (int ky = 0; ky < j.Kernel; ky++)
                 for (int kx = 0; kx < j.Kernel; kx++, dst += height)
                     for (int r = 0; r < height; r++)
                     {
                         int iy = iy0[r] + ky, ix = ix0[r] + kx;
-                        dst[r] = (uint)iy < (uint)j.H && (uint)ix < (uint)j.W ? plane[iy * j.W + ix] : 0f;
+                        dst[r] = (uint)iy < (uint)j.H && (uint)ix < (uint)j.W ? plane[(long)(iy * j.W + ix) * pixelStride] : 0f;
                     }
         }
     }
@@ -330,7 +344,7 @@ internal static unsafe class Conv
         // panels are done: whole runs of up to 196 pixels per channel, where a tile alone writes 32 runs of 8 or 12
         // (the 14x14 1x1 layers at batch 1: 2.42 against 2.50 and 1.33 against 1.42 ms, A/B per layer).
         int runLength = Gemm.PanelStart(j.Hw, lastRowPanel - 1) + Gemm.PanelHeight(j.Hw, lastRowPanel - 1) - chunkStart;
-        float* runs = Avx2.IsSupported ? t_runs.Get((long)Gemm.NR * runLength) : null;
+        float* runs = Avx2.IsSupported && !j.PixelsOut ? t_runs.Get((long)Gemm.NR * runLength) : null;
         for (int panel = firstPanel; panel < lastPanel; panel++)
         {
             int n0 = panel * Gemm.NR, cols = Math.Min(Gemm.NR, j.Cout - n0);
@@ -338,9 +352,14 @@ internal static unsafe class Conv
             for (int rp = firstRowPanel; rp < lastRowPanel; rp++)
             {
                 int m0 = Gemm.PanelStart(j.Hw, rp), height = Gemm.PanelHeight(j.Hw, rp), rows = Math.Min(height, j.Hw - m0);
-                float* a = j.A == null ? j.X + m0 : j.A + (long)m0 * j.K;
-                var layout = j.A == null ? new Gemm.Layout(1, j.Hw) : Gemm.Layout.Packed(height);
+                float* a = j.A != null ? j.A + (long)m0 * j.K : j.PixelsIn ? j.X + (long)m0 * j.Cin : j.X + m0;
+                var layout = j.A != null ? Gemm.Layout.Packed(height) : j.PixelsIn ? Gemm.Layout.RowMajor(j.Cin) : new Gemm.Layout(1, j.Hw);
                 Gemm.Tile(j.K, a, layout, b, tile, Gemm.NR, rows, Gemm.NR, null, null, null, false);
+                if (j.PixelsOut)
+                {
+                    StorePixels(ref j, tile, m0, rows, n0, cols);
+                    continue;
+                }
                 if (runs != null)
                 {
                     Transpose(tile, height, cols, runs + (m0 - chunkStart), runLength);
@@ -366,6 +385,54 @@ internal static unsafe class Conv
     }
 
     [ThreadStatic] private static Gemm.Scratch t_runs;
+
+    /// <summary>
+    /// A tile of pixels [m0, m0 + rows) and channels [n0, n0 + cols) to a pixel-major Y with the epilogue: each row a
+    /// run of channels, the same operations in the same order as <see cref="StoreRuns"/> (scale and bias per channel).
+    /// </summary>
+    private static void StorePixels(ref TransposedJob j, float* tile, int m0, int rows, int n0, int cols)
+    {
+        if (Vector512.IsHardwareAccelerated && cols == Gemm.NR)
+        {
+            // A full tile: the panel's 32 scales and biases in four registers, then two vectors per pixel.
+            var s0 = j.Scale == null ? Vector512<float>.One : Vector512.Load(j.Scale + n0);
+            var s1 = j.Scale == null ? Vector512<float>.One : Vector512.Load(j.Scale + n0 + 16);
+            var b0 = j.Bias == null ? Vector512<float>.Zero : Vector512.Load(j.Bias + n0);
+            var b1 = j.Bias == null ? Vector512<float>.Zero : Vector512.Load(j.Bias + n0 + 16);
+            for (int r = 0; r < rows; r++)
+            {
+                long at = (long)(m0 + r) * j.Cout + n0;
+                float* src = tile + r * Gemm.NR, dst = j.Y + at;
+                var v0 = Vector512.FusedMultiplyAdd(Vector512.Load(src), s0, b0);
+                var v1 = Vector512.FusedMultiplyAdd(Vector512.Load(src + 16), s1, b1);
+                if (j.Residual != null)
+                {
+                    v0 += Vector512.Load(j.Residual + at);
+                    v1 += Vector512.Load(j.Residual + at + 16);
+                }
+                if (j.Relu)
+                {
+                    v0 = Vector512.ConditionalSelect(Vector512.LessThan(v0, Vector512<float>.Zero), Vector512<float>.Zero, v0);
+                    v1 = Vector512.ConditionalSelect(Vector512.LessThan(v1, Vector512<float>.Zero), Vector512<float>.Zero, v1);
+                }
+                v0.Store(dst);
+                v1.Store(dst + 16);
+            }
+            return;
+        }
+        for (int r = 0; r < rows; r++)
+        {
+            long at = (long)(m0 + r) * j.Cout + n0;
+            float* src = tile + r * Gemm.NR, dst = j.Y + at, res = j.Residual == null ? null : j.Residual + at;
+            for (int c = 0; c < cols; c++)
+            {
+                float v = MathF.FusedMultiplyAdd(src[c], j.Scale == null ? 1f : j.Scale[n0 + c], j.Bias == null ? 0f : j.Bias[n0 + c]);
+                if (res != null) v += res[c];
+                if (j.Relu && v < 0f) v = 0f;
+                dst[c] = v;
+            }
+        }
+    }
 
     /// <summary>A tile's columns (8 or 12 rows each) into their channels' runs, <paramref name="stride"/> apart, one or two gathers each.</summary>
     private static void Transpose(float* tile, int height, int cols, float* runs, int stride)
@@ -428,6 +495,8 @@ internal static unsafe class Conv
     {
         public float* X, Xs;
         public int H, W, Stride, OH, OW;
+        // Pixel-major input only: each pixel's run of channels.
+        public int Cin;
     }
 
     /// <summary>x [batch x cin x h x w] to the compact [batch x cin x oh x ow] of the pixels a strided 1x1 convolution reads, on all cores.</summary>
@@ -441,6 +510,29 @@ internal static unsafe class Conv
             WorkerPool.Shared.Run(&SubsamplePlane, &job, batch * cin);
         }
         return new ReadOnlySpan<float>(xs, (int)floats);
+    }
+
+    /// <summary>A pixel-major x [h*w x cin] to the compact pixel-major [oh*ow x cin] of the pixels a strided 1x1 convolution reads.</summary>
+    private static ReadOnlySpan<float> SubsamplePixels(ReadOnlySpan<float> x, int cin, int h, int w, int stride, int oh, int ow)
+    {
+        long floats = (long)cin * oh * ow;
+        if (x.Length < (long)cin * h * w) throw new ArgumentException("internal: subsampling of mismatched sizes");
+        float* xs = s_subsampled.Get(floats);
+        fixed (float* px = x)
+        {
+            var job = new SubsampleJob { X = px, Xs = xs, H = h, W = w, Stride = stride, OH = oh, OW = ow, Cin = cin };
+            WorkerPool.Shared.Run(&SubsamplePixelRow, &job, oh);
+        }
+        return new ReadOnlySpan<float>(xs, (int)floats);
+    }
+
+    /// <summary>Output row <paramref name="oy"/>: each of its pixels' runs of channels.</summary>
+    private static void SubsamplePixelRow(void* context, int oy)
+    {
+        ref SubsampleJob j = ref Unsafe.AsRef<SubsampleJob>(context);
+        int cin = j.Cin;
+        for (int ox = 0; ox < j.OW; ox++)
+            Gemm.Copy(j.X + ((long)oy * j.Stride * j.W + (long)ox * j.Stride) * cin, j.Xs + ((long)oy * j.OW + ox) * cin, cin);
     }
 
     private static void SubsamplePlane(void* context, int plane)

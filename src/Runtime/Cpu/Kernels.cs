@@ -440,6 +440,69 @@ internal static unsafe class Kernels
         for (int p = 0; p < planes; p++) y[p] = (float)(Sum(x.Slice(p * hw, hw)) / hw);
     }
 
+    /// <summary>
+    /// <see cref="GlobalAveragePool"/> of one image's pixel-major x [hw, channels] (each pixel's channels side by
+    /// side): y[c] = mean over the pixels of channel c, summed as <see cref="Sum"/> sums a plane, term for term (a
+    /// float partial sum per lane of <see cref="Vector{T}"/>, each run of 64 vectors reduced by
+    /// <see cref="Vector.Sum{T}(Vector{T})"/> into a double, the pixels past the last whole vector added in double),
+    /// so the means are the NCHW pool's to the bit; sixteen channels per work item, each pixel's run of them read whole.
+    /// </summary>
+    public static void GlobalAveragePoolPixels(ReadOnlySpan<float> x, Span<float> y, int channels, int hw)
+    {
+        if (x.Length < (long)channels * hw || y.Length < channels)
+            throw new ArgumentException("internal: pooling of mismatched sizes");
+        fixed (float* px = x, py = y)
+        {
+            // On all cores, each taking the channels it wrote (the convolutions split their outputs by channels in order).
+            var job = new PixelPoolJob { X = px, Y = py, Channels = channels, Hw = hw };
+            WorkerPool.Shared.Run(&PoolPixelBlock, &job, (channels + PoolBlock - 1) / PoolBlock);
+        }
+    }
+
+    private const int PoolBlock = 16;
+
+    private struct PixelPoolJob
+    {
+        public float* X, Y;
+        public int Channels, Hw;
+    }
+
+    [SkipLocalsInit]
+    private static void PoolPixelBlock(void* context, int block)
+    {
+        ref PixelPoolJob j = ref Unsafe.AsRef<PixelPoolJob>(context);
+        int c0 = block * PoolBlock, count = Math.Min(PoolBlock, j.Channels - c0), channels = j.Channels, hw = j.Hw;
+        int lanes = Vector.IsHardwareAccelerated ? Vector<float>.Count : 1, vectors = Vector.IsHardwareAccelerated ? hw / lanes : 0;
+        // partial[l * PoolBlock + i]: lane l of the vector accumulator of channel c0 + i.
+        float* partial = stackalloc float[Vector<float>.Count * PoolBlock];
+        double* total = stackalloc double[PoolBlock];
+        float* lane = stackalloc float[Vector<float>.Count];
+        for (int i = 0; i < count; i++) total[i] = 0;
+        for (int start = 0; start < vectors; start += 64)
+        {
+            int end = Math.Min(vectors, start + 64);
+            new Span<float>(partial, lanes * PoolBlock).Clear();
+            for (int v = start; v < end; v++)
+                for (int l = 0; l < lanes; l++)
+                {
+                    float* src = j.X + (long)(v * lanes + l) * channels + c0, to = partial + l * PoolBlock;
+                    if (Vector512.IsHardwareAccelerated && count == PoolBlock) (Vector512.Load(to) + Vector512.Load(src)).Store(to);
+                    else for (int i = 0; i < count; i++) to[i] += src[i];
+                }
+            for (int i = 0; i < count; i++)
+            {
+                for (int l = 0; l < lanes; l++) lane[l] = partial[l * PoolBlock + i];
+                total[i] += Vector.Sum(Unsafe.ReadUnaligned<Vector<float>>(lane));
+            }
+        }
+        for (int p = vectors * lanes; p < hw; p++)
+        {
+            float* src = j.X + (long)p * channels + c0;
+            for (int i = 0; i < count; i++) total[i] += src[i];
+        }
+        for (int i = 0; i < count; i++) j.Y[c0 + i] = (float)(total[i] / hw);
+    }
+
     /// <summary>y[n, o] = bias[o] + sum_i W[o, i] x[n, i] (torch.nn.Linear, W row-major [outputs, inputs]).</summary>
     public static void Linear(ReadOnlySpan<float> x, Span<float> y, ReadOnlySpan<float> weight, ReadOnlySpan<float> bias,
         int batch, int inputs, int outputs)

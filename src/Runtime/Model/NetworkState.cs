@@ -46,6 +46,11 @@ public sealed unsafe class NetworkState
     private AlignedFloats _columns = AlignedFloats.Empty;
     private AlignedFloats _gradientRows = AlignedFloats.Empty;
 
+    // Batch-1 eval forwards on the CPU: which activations are pixel-major (LayoutPlan), whether the forward under way
+    // follows (or traces) the plan.
+    private LayoutPlan? _plan;
+    private bool _planned;
+
     public NetworkState(NetworkSpec spec, Device device, int seed = 0)
     {
         _spec = spec;
@@ -582,6 +587,12 @@ public sealed unsafe class NetworkState
         }
         Ensure(ref _arena, need, "activations", _spec.Name, batch);
         Prepare();
+        _planned = batch == 1 && !IsTraining && !LayoutPlan.Off;
+        if (_planned)
+        {
+            _plan ??= new LayoutPlan(_spec.Convs.Length);
+            _plan.Begin();
+        }
         return _arena.Slice(0, (int)need);
     }
 
@@ -616,6 +627,7 @@ public sealed unsafe class NetworkState
             return savedArena;
         }
         _gradientsAreZero = false;
+        _planned = false;
         Ensure(ref _trainArena, saved, "saved activations", _spec.Name, batch);
         Ensure(ref _gradientArena, grads, "activation gradients", _spec.Name, batch);
         Ensure(ref _columns, _spec.MaxColumns, "im2col scratch", _spec.Name, batch);
@@ -714,8 +726,20 @@ public sealed unsafe class NetworkState
     {
         public readonly long[] Ticks = new long[capacity];
         public readonly (int Cin, int Size, int Cout, int Kernel, int Stride)[] Shapes = new (int, int, int, int, int)[capacity];
+        // Whether the convolution read its input and wrote its output pixel-major (LayoutPlan).
+        public readonly (bool In, bool Out)[] PixelMajor = new (bool, bool)[capacity];
         // The other layers of an eval-mode CPU forward, in ticks too.
         public long MaxPool, AveragePool, Linear;
+    }
+
+    /// <summary>Where <paramref name="s"/> lies in the activation arena, in floats: (start, length), the start -1 for a span outside it or none.</summary>
+    private (long At, long Length) Region(ReadOnlySpan<float> s)
+    {
+        if (s.IsEmpty) return (-1, 0);
+        long at = System.Runtime.CompilerServices.Unsafe.ByteOffset(
+            ref System.Runtime.InteropServices.MemoryMarshal.GetReference(_arena.Span),
+            ref System.Runtime.InteropServices.MemoryMarshal.GetReference(s)) / sizeof(float);
+        return at >= 0 && at < _arena.Length ? (at, s.Length) : (-1, s.Length);
     }
 
     private static long Tick() => System.Diagnostics.Stopwatch.GetTimestamp();
@@ -734,25 +758,45 @@ public sealed unsafe class NetworkState
         }
         if (!IsTraining)
         {
+            bool pixelsIn = false, pixelsOut = false;
+            if (_planned)
+            {
+                bool canWrite = Cpu.Winograd.Choose(kernel, stride, pad, 1, cin, h, w, cout) == Cpu.Winograd.Tiles.None &&
+                    Cpu.Conv.TransposedPays(1, cin, h, w, oh, ow, kernel, pad);
+                var (xAt, xLength) = Region(x);
+                var (yAt, yLength) = Region(y);
+                var (rAt, rLength) = Region(residual);
+                (pixelsIn, pixelsOut) = _plan!.Conv(index, xAt, xLength, yAt, yLength, rAt, rLength, canWrite, canRead: canWrite);
+            }
             var clock = Clock;
             if (clock is null || index >= clock.Ticks.Length)
             {
-                ConvEval(index, c, x, y, residual, batch, cin, h, w, cout, oh, ow, kernel, stride, pad, relu);
+                ConvEval(index, c, x, y, residual, batch, cin, h, w, cout, oh, ow, kernel, stride, pad, relu, pixelsIn, pixelsOut);
                 return;
             }
             long start = Tick();
-            ConvEval(index, c, x, y, residual, batch, cin, h, w, cout, oh, ow, kernel, stride, pad, relu);
+            ConvEval(index, c, x, y, residual, batch, cin, h, w, cout, oh, ow, kernel, stride, pad, relu, pixelsIn, pixelsOut);
             clock.Ticks[index] += Tick() - start;
             clock.Shapes[index] = (cin, h, cout, kernel, stride);
+            clock.PixelMajor[index] = (pixelsIn, pixelsOut);
             return;
         }
         ConvTrain(index, x, y, y, residual, batch, cin, h, w, cout, oh, ow, kernel, stride, pad, relu);
     }
 
-    /// <summary>Eval mode on the CPU: the fastest of Winograd, the transposed GEMM and the direct one for the shape, BN folded into the store.</summary>
+    /// <summary>
+    /// Eval mode on the CPU: the fastest of Winograd, the transposed GEMM and the direct one for the shape, BN folded
+    /// into the store; the transposed GEMM wherever the layout plan makes the input or the output pixel-major.
+    /// </summary>
     private void ConvEval(int index, ConvSpec c, ReadOnlySpan<float> x, Span<float> y, ReadOnlySpan<float> residual,
-        int batch, int cin, int h, int w, int cout, int oh, int ow, int kernel, int stride, int pad, bool relu)
+        int batch, int cin, int h, int w, int cout, int oh, int ow, int kernel, int stride, int pad, bool relu, bool pixelsIn, bool pixelsOut)
     {
+        if (pixelsIn || pixelsOut)
+        {
+            Cpu.Conv.ForwardTransposed(x, y, residual, PackedWeights(index, c, transposed: true), _scale[index], _bias[index],
+                cin, h, w, cout, oh, ow, kernel, stride, pad, relu, pixelsIn, pixelsOut);
+            return;
+        }
         var tiles = Cpu.Winograd.Choose(kernel, stride, pad, batch, cin, h, w, cout);
         if (tiles != Cpu.Winograd.Tiles.None)
             Cpu.Winograd.Forward(x, y, residual, WinogradWeights(index, c, tiles), _scale[index], _bias[index], batch, cin, h, w, cout, relu, tiles);
@@ -897,6 +941,12 @@ public sealed unsafe class NetworkState
             _gpu.MaxPool(x, y, batch, channels, h, w, oh, ow, kernel, stride, pad);
             return;
         }
+        if (_planned)
+        {
+            var (xAt, xLength) = Region(x);
+            var (yAt, yLength) = Region(y);
+            _plan!.MaxPool(xAt, xLength, yAt, yLength);
+        }
         long start = Clock is null ? 0 : Tick();
         Kernels.MaxPool(x, y, batch * channels, h, w, oh, ow, kernel, stride, pad);
         if (Clock is { } clock) clock.MaxPool += Tick() - start;
@@ -921,7 +971,8 @@ public sealed unsafe class NetworkState
             return;
         }
         long start = Clock is null ? 0 : Tick();
-        Kernels.GlobalAveragePool(x, y, batch * channels, hw);
+        if (_planned && _plan!.AveragePool(Region(x).At, x.Length)) Kernels.GlobalAveragePoolPixels(x, y, channels, hw);
+        else Kernels.GlobalAveragePool(x, y, batch * channels, hw);
         if (Clock is { } clock) clock.AveragePool += Tick() - start;
     }
 
@@ -945,6 +996,7 @@ public sealed unsafe class NetworkState
             _gpu.Linear(x, y, batch);
             return;
         }
+        if (_planned) _plan!.End();
         long start = Clock is null ? 0 : Tick();
         LinearOnCpu(x, y, batch);
         if (Clock is { } clock) clock.Linear += Tick() - start;

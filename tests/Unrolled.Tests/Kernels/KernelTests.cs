@@ -109,7 +109,57 @@ public class KernelTests
             Conv.ForwardTransposed(x.AsSpan(0, inImage), yT, useResidual ? residual.AsSpan(0, outImage) : default, panels,
                 useScale ? scale : default, useBias ? bias : default, cin, h, w, cout, oh, ow, k, stride, pad, relu);
             Assert.Equal(y.AsSpan(0, outImage).ToArray(), yT);
+
+            // The same with a pixel-major input, output and residual ([pixel][channel], as a batch-1 forward's layout
+            // plan keeps them): the same sums, read and stored in the other layout, so the same bits.
+            var xPixels = PixelMajor(x.AsSpan(0, inImage), cin, h * w);
+            var residualPixels = PixelMajor(residual.AsSpan(0, outImage), cout, oh * ow);
+            foreach (var (pixelsIn, pixelsOut) in new[] { (true, false), (false, true), (true, true) })
+            {
+                var yP = new float[outImage];
+                yP.AsSpan().Fill(float.NaN);
+                ReadOnlySpan<float> input = pixelsIn ? xPixels : x.AsSpan(0, inImage);
+                ReadOnlySpan<float> added = !useResidual ? default : pixelsOut ? residualPixels : residual.AsSpan(0, outImage);
+                Conv.ForwardTransposed(input, yP, added, panels, useScale ? scale : default, useBias ? bias : default,
+                    cin, h, w, cout, oh, ow, k, stride, pad, relu, pixelsIn, pixelsOut);
+                Assert.Equal(yT, pixelsOut ? Planes(yP, cout, oh * ow) : yP);
+            }
         }
+    }
+
+    /// <summary>One image [c, hw] as pixel-major [hw, c].</summary>
+    private static float[] PixelMajor(ReadOnlySpan<float> planes, int channels, int hw)
+    {
+        var pixels = new float[channels * hw];
+        for (int c = 0; c < channels; c++)
+            for (int p = 0; p < hw; p++) pixels[p * channels + c] = planes[c * hw + p];
+        return pixels;
+    }
+
+    /// <summary>One pixel-major image [hw, c] as [c, hw].</summary>
+    private static float[] Planes(ReadOnlySpan<float> pixels, int channels, int hw)
+    {
+        var planes = new float[channels * hw];
+        for (int c = 0; c < channels; c++)
+            for (int p = 0; p < hw; p++) planes[c * hw + p] = pixels[p * channels + c];
+        return planes;
+    }
+
+    [Theory]
+    [InlineData(2048, 49)] // ResNet-50's last map
+    [InlineData(40, 7)]    // fewer pixels than a vector; a part-filled block of channels
+    [InlineData(24, 1100)] // more than one run of 64 vectors per plane, and pixels past the last whole vector
+    public void AveragePoolOfPixelMajorMatchesThePlanesBitForBit(int channels, int hw)
+    {
+        var x = Naive.RandomFloats(new Random(channels + hw), channels * hw);
+        var expected = new float[channels];
+        Unrolled.Cpu.Kernels.GlobalAveragePool(x, expected, channels, hw);
+        var mean = new double[channels];
+        for (int i = 0; i < x.Length; i++) mean[i / hw] += x[i] / (double)hw;
+        AssertClose(mean, expected, 1e-6, "average pool");
+        var actual = new float[channels];
+        Unrolled.Cpu.Kernels.GlobalAveragePoolPixels(PixelMajor(x, channels, hw), actual, channels, hw);
+        Assert.Equal(expected, actual);
     }
 
     [Theory]
