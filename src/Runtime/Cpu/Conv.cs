@@ -355,6 +355,17 @@ internal static unsafe class Conv
                 float* a = j.A != null ? j.A + (long)m0 * j.K : j.PixelsIn ? j.X + (long)m0 * j.Cin : j.X + m0;
                 var layout = j.A != null ? Gemm.Layout.Packed(height) : j.PixelsIn ? Gemm.Layout.RowMajor(j.Cin) : new Gemm.Layout(1, j.Hw);
                 Gemm.Tile(j.K, a, layout, b, tile, Gemm.NR, rows, Gemm.NR, null, null, null, false);
+                if (j.K <= 512 && panel + 1 < lastPanel && Sse.IsSupported)
+                {
+                    // The next weight panel on its way to L2, a share after each tile of this one, whose tiles after
+                    // the first run from cache: the weights stream from memory while the cores compute (ResNet-50 at
+                    // batch 1, A/B per layer: 256 -> 1024 at 14x14 2.58 against 2.46 ms, 512 -> 2048 at 7x7 1.65
+                    // against 1.57). Not for panels over 64 KB (K > 512), where the two panels and the pixel rows
+                    // crowd L2: 2048 -> 512 at 7x7 0.99 against 1.08 ms, slower.
+                    long lines = (long)j.K * Gemm.NR / 16, tiles = lastRowPanel - firstRowPanel, at = rp - firstRowPanel;
+                    byte* next = (byte*)(b + (long)j.K * Gemm.NR);
+                    for (long line = at * lines / tiles, end = (at + 1) * lines / tiles; line < end; line++) Sse.Prefetch1(next + line * 64);
+                }
                 if (j.PixelsOut)
                 {
                     StorePixels(ref j, tile, m0, rows, n0, cols);
