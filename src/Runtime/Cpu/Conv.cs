@@ -334,7 +334,7 @@ internal static unsafe class Conv
         float* tile = stackalloc float[Gemm.MR * Gemm.NR];
         int chunk = item % j.RowChunks;
         int firstPanel = item / j.RowChunks * j.PanelsPerBlock;
-        int lastPanel = Math.Min(firstPanel + j.PanelsPerBlock, (j.Cout + Gemm.NR - 1) / Gemm.NR);
+        int panels = (j.Cout + Gemm.NR - 1) / Gemm.NR, lastPanel = Math.Min(firstPanel + j.PanelsPerBlock, panels);
         int firstRowPanel = chunk * j.RowPanelsPerChunk;
         int lastRowPanel = Math.Min(firstRowPanel + j.RowPanelsPerChunk, Gemm.RowPanelCount(j.Hw));
         int chunkStart = Gemm.PanelStart(j.Hw, firstRowPanel);
@@ -354,18 +354,22 @@ internal static unsafe class Conv
                 int m0 = Gemm.PanelStart(j.Hw, rp), height = Gemm.PanelHeight(j.Hw, rp), rows = Math.Min(height, j.Hw - m0);
                 float* a = j.A != null ? j.A + (long)m0 * j.K : j.PixelsIn ? j.X + (long)m0 * j.Cin : j.X + m0;
                 var layout = j.A != null ? Gemm.Layout.Packed(height) : j.PixelsIn ? Gemm.Layout.RowMajor(j.Cin) : new Gemm.Layout(1, j.Hw);
-                Gemm.Tile(j.K, a, layout, b, tile, Gemm.NR, rows, Gemm.NR, null, null, null, false);
-                if (j.K <= 512 && panel + 1 < lastPanel && Sse.IsSupported)
-                {
-                    // The next weight panel on its way to L2, a share after each tile of this one, whose tiles after
-                    // the first run from cache: the weights stream from memory while the cores compute (ResNet-50 at
-                    // batch 1, A/B per layer: 256 -> 1024 at 14x14 2.58 against 2.46 ms, 512 -> 2048 at 7x7 1.65
-                    // against 1.57). Not for panels over 64 KB (K > 512), where the two panels and the pixel rows
-                    // crowd L2: 2048 -> 512 at 7x7 0.99 against 1.08 ms, slower.
-                    long lines = (long)j.K * Gemm.NR / 16, tiles = lastRowPanel - firstRowPanel, at = rp - firstRowPanel;
-                    byte* next = (byte*)(b + (long)j.K * Gemm.NR);
-                    for (long line = at * lines / tiles, end = (at + 1) * lines / tiles; line < end; line++) Sse.Prefetch1(next + line * 64);
-                }
+                int t = rp - firstRowPanel;
+                // The second and third tiles of a weight panel (run from cache, as every tile after the first) each
+                // bring half of the next panel into L2, a line per k step, so that the weights stream from memory
+                // while the cores compute instead of stalling the next panel's first tile (at the FMA rate a tile
+                // reads 128 bytes of weights per 12 cycles, some 50 GB/s; one core streams about 13 GB/s from memory
+                // here). The next panel is this item's, or, where an item spans all the pixels, the first of the next
+                // item, which this thread most likely takes next (its own range of items comes first). ResNet-50 at
+                // batch 1, A/B per layer against no prefetch: 512 -> 512 3x3 at 7x7 2.33 against 2.07 ms, 1024 -> 2048
+                // 1x1/2 0.97 against 0.73, 2048 -> 512 0.96 against 0.77; against a burst of prefetches after each
+                // tile, 512 -> 2048 at 7x7 1.61 against 1.27; with the next item's first panel against without,
+                // 1024 -> 256 at 14x14 1.83 against 1.74; the first and second tiles instead: slower, 2.05 against 2.10.
+                bool ahead = j.RowChunks == 1 ? panel + 1 < panels : panel + 1 < lastPanel;
+                if ((t == 1 || t == 2) && height == Gemm.MR && ahead && Vector512.IsHardwareAccelerated)
+                    Gemm.TileFetchingAhead(j.K, a, layout, b, tile, (byte*)(b + (long)j.K * Gemm.NR) + (t - 1) * 64L * j.K);
+                else
+                    Gemm.Tile(j.K, a, layout, b, tile, Gemm.NR, rows, Gemm.NR, null, null, null, false);
                 if (j.PixelsOut)
                 {
                     StorePixels(ref j, tile, m0, rows, n0, cols);
