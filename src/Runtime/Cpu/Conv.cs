@@ -367,7 +367,7 @@ internal static unsafe class Conv
                 // 1024 -> 256 at 14x14 1.83 against 1.74; the first and second tiles instead: slower, 2.05 against 2.10.
                 bool ahead = j.RowChunks == 1 ? panel + 1 < panels : panel + 1 < lastPanel;
                 if ((t == 1 || t == 2) && height == Gemm.MR && ahead && Vector512.IsHardwareAccelerated)
-                    Gemm.TileFetchingAhead(j.K, a, layout, b, tile, (byte*)(b + (long)j.K * Gemm.NR) + (t - 1) * 64L * j.K);
+                    Gemm.TileFetchingAhead(j.K, a, layout, b, tile, Gemm.NR, null, null, null, false, (byte*)(b + (long)j.K * Gemm.NR) + (t - 1) * 64L * j.K);
                 else
                     Gemm.Tile(j.K, a, layout, b, tile, Gemm.NR, rows, Gemm.NR, null, null, null, false);
                 if (j.PixelsOut)

@@ -144,7 +144,7 @@ internal static unsafe class Gemm
     {
         if (Vector512.IsHardwareAccelerated)
         {
-            if (rows == MR) Tile512x12(k, a, layout, b, ldb, c, ldc, cols, scale, bias, residual, relu);
+            if (rows == MR) Tile512x12<Behind>(k, a, layout, b, ldb, c, ldc, cols, scale, bias, residual, relu, null);
             else Tile512x8(k, a, layout, b, ldb, c, ldc, rows, cols, scale, bias, residual, relu);
             return;
         }
@@ -177,8 +177,8 @@ internal static unsafe class Gemm
     /// of general registers.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Tile512x12(int k, float* a, Layout layout, float* b, nint ldb, float* c, int ldc, int cols,
-        float* scale, float* bias, float* residual, bool relu)
+    private static void Tile512x12<TFetch>(int k, float* a, Layout layout, float* b, nint ldb, float* c, int ldc, int cols,
+        float* scale, float* bias, float* residual, bool relu, byte* prefetch) where TFetch : struct
     {
         // The edge tile's scratch is fetched before the loop: no call (nor stackalloc) may come after the
         // accumulators are live, or the AOT compiler spills them to memory on every k step.
@@ -192,6 +192,11 @@ internal static unsafe class Gemm
         Vector512<float> c90 = default, c91 = default, ca0 = default, ca1 = default, cb0 = default, cb1 = default;
         for (int kk = 0; kk < k; kk++)
         {
+            if (typeof(TFetch) == typeof(Ahead))
+            {
+                System.Runtime.Intrinsics.X86.Sse.Prefetch1(prefetch);
+                prefetch += 64;
+            }
             var b0 = Vector512.Load(b);
             var b1 = Vector512.Load(b + 16);
             var x = Vector512.Create(p0[0]);
@@ -255,67 +260,21 @@ internal static unsafe class Gemm
         Store(acc, c, ldc, MR, cols, scale, bias, residual, relu);
     }
 
+    // The main kernel's two forms: without (Behind) and with (Ahead) a prefetch per k step; the JIT compiles one per
+    // struct, each with only its own code.
+    private struct Behind;
+    private struct Ahead;
+
     /// <summary>
-    /// A full tile (MR rows, NR columns, no epilogue: scale 1, bias 0, stored as <see cref="Tile"/> stores it) that
-    /// also asks for one line of <paramref name="prefetch"/> into L2 per k step, going on 64 bytes at a time: the
-    /// next weight panel streams from memory spread over this tile's steps instead of all at once when its own
-    /// first tile needs it.
+    /// <see cref="Tile"/> for a full tile (MR rows, NR columns) on AVX-512 that also asks for one line of
+    /// <paramref name="prefetch"/> into L2 per k step, going on 64 bytes at a time: the next weight panel streams
+    /// from memory spread over this tile's steps instead of all at once when its own first tile needs it.
     /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void TileFetchingAhead(int k, float* a, Layout layout, float* b, float* c, byte* prefetch)
+    public static void TileFetchingAhead(int k, float* a, Layout layout, float* b, float* c, int ldc,
+        float* scale, float* bias, float* residual, bool relu, byte* prefetch, int ldb = NR)
     {
-        nint rs = layout.RowStride, rs2 = 2 * rs;
-        float* p0 = a, p3 = a + 3 * rs, p6 = a + 6 * rs, p9 = a + 9 * rs;
-        nint step = layout.KStride;
-        Vector512<float> c00 = default, c01 = default, c10 = default, c11 = default, c20 = default, c21 = default;
-        Vector512<float> c30 = default, c31 = default, c40 = default, c41 = default, c50 = default, c51 = default;
-        Vector512<float> c60 = default, c61 = default, c70 = default, c71 = default, c80 = default, c81 = default;
-        Vector512<float> c90 = default, c91 = default, ca0 = default, ca1 = default, cb0 = default, cb1 = default;
-        for (int kk = 0; kk < k; kk++)
-        {
-            System.Runtime.Intrinsics.X86.Sse.Prefetch1(prefetch);
-            prefetch += 64;
-            var b0 = Vector512.Load(b);
-            var b1 = Vector512.Load(b + 16);
-            var x = Vector512.Create(p0[0]);
-            c00 = Vector512.FusedMultiplyAdd(x, b0, c00); c01 = Vector512.FusedMultiplyAdd(x, b1, c01);
-            x = Vector512.Create(p0[rs]);
-            c10 = Vector512.FusedMultiplyAdd(x, b0, c10); c11 = Vector512.FusedMultiplyAdd(x, b1, c11);
-            x = Vector512.Create(p0[rs2]);
-            c20 = Vector512.FusedMultiplyAdd(x, b0, c20); c21 = Vector512.FusedMultiplyAdd(x, b1, c21);
-            x = Vector512.Create(p3[0]);
-            c30 = Vector512.FusedMultiplyAdd(x, b0, c30); c31 = Vector512.FusedMultiplyAdd(x, b1, c31);
-            x = Vector512.Create(p3[rs]);
-            c40 = Vector512.FusedMultiplyAdd(x, b0, c40); c41 = Vector512.FusedMultiplyAdd(x, b1, c41);
-            x = Vector512.Create(p3[rs2]);
-            c50 = Vector512.FusedMultiplyAdd(x, b0, c50); c51 = Vector512.FusedMultiplyAdd(x, b1, c51);
-            x = Vector512.Create(p6[0]);
-            c60 = Vector512.FusedMultiplyAdd(x, b0, c60); c61 = Vector512.FusedMultiplyAdd(x, b1, c61);
-            x = Vector512.Create(p6[rs]);
-            c70 = Vector512.FusedMultiplyAdd(x, b0, c70); c71 = Vector512.FusedMultiplyAdd(x, b1, c71);
-            x = Vector512.Create(p6[rs2]);
-            c80 = Vector512.FusedMultiplyAdd(x, b0, c80); c81 = Vector512.FusedMultiplyAdd(x, b1, c81);
-            x = Vector512.Create(p9[0]);
-            c90 = Vector512.FusedMultiplyAdd(x, b0, c90); c91 = Vector512.FusedMultiplyAdd(x, b1, c91);
-            x = Vector512.Create(p9[rs]);
-            ca0 = Vector512.FusedMultiplyAdd(x, b0, ca0); ca1 = Vector512.FusedMultiplyAdd(x, b1, ca1);
-            x = Vector512.Create(p9[rs2]);
-            cb0 = Vector512.FusedMultiplyAdd(x, b0, cb0); cb1 = Vector512.FusedMultiplyAdd(x, b1, cb1);
-            p0 += step; p3 += step; p6 += step; p9 += step;
-            b += NR;
-        }
-        Row512(c00, c01, c + 0 * NR, 1f, 0f, null, false);
-        Row512(c10, c11, c + 1 * NR, 1f, 0f, null, false);
-        Row512(c20, c21, c + 2 * NR, 1f, 0f, null, false);
-        Row512(c30, c31, c + 3 * NR, 1f, 0f, null, false);
-        Row512(c40, c41, c + 4 * NR, 1f, 0f, null, false);
-        Row512(c50, c51, c + 5 * NR, 1f, 0f, null, false);
-        Row512(c60, c61, c + 6 * NR, 1f, 0f, null, false);
-        Row512(c70, c71, c + 7 * NR, 1f, 0f, null, false);
-        Row512(c80, c81, c + 8 * NR, 1f, 0f, null, false);
-        Row512(c90, c91, c + 9 * NR, 1f, 0f, null, false);
-        Row512(ca0, ca1, c + 10 * NR, 1f, 0f, null, false);
-        Row512(cb0, cb1, c + 11 * NR, 1f, 0f, null, false);
+        if (!Vector512.IsHardwareAccelerated) throw new PlatformNotSupportedException("internal: the prefetching tile is AVX-512 code");
+        Tile512x12<Ahead>(k, a, layout, b, ldb, c, ldc, NR, scale, bias, residual, relu, prefetch);
     }
 
     /// <summary>The remainder kernel: up to 8 rows x 32 columns in 16 zmm accumulators.</summary>
