@@ -144,7 +144,7 @@ internal static unsafe class Gemm
     {
         if (Vector512.IsHardwareAccelerated)
         {
-            if (rows == MR) Tile512x12<Behind>(k, a, layout, b, ldb, c, ldc, cols, scale, bias, residual, relu, null);
+            if (rows == MR) Tile512x12<Behind>(k, a, layout, b, ldb, c, ldc, cols, scale, bias, residual, relu, null, 0);
             else Tile512x8(k, a, layout, b, ldb, c, ldc, rows, cols, scale, bias, residual, relu);
             return;
         }
@@ -178,7 +178,7 @@ internal static unsafe class Gemm
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Tile512x12<TFetch>(int k, float* a, Layout layout, float* b, nint ldb, float* c, int ldc, int cols,
-        float* scale, float* bias, float* residual, bool relu, byte* prefetch) where TFetch : struct
+        float* scale, float* bias, float* residual, bool relu, byte* prefetch, nint prefetchStride) where TFetch : struct
     {
         // The edge tile's scratch is fetched before the loop: no call (nor stackalloc) may come after the
         // accumulators are live, or the AOT compiler spills them to memory on every k step.
@@ -195,7 +195,7 @@ internal static unsafe class Gemm
             if (typeof(TFetch) == typeof(Ahead))
             {
                 System.Runtime.Intrinsics.X86.Sse.Prefetch1(prefetch);
-                prefetch += 64;
+                prefetch += prefetchStride;
             }
             var b0 = Vector512.Load(b);
             var b1 = Vector512.Load(b + 16);
@@ -266,15 +266,17 @@ internal static unsafe class Gemm
     private struct Ahead;
 
     /// <summary>
-    /// <see cref="Tile"/> for a full tile (MR rows, NR columns) on AVX-512 that also asks for one line of
-    /// <paramref name="prefetch"/> into L2 per k step, going on 64 bytes at a time: the next weight panel streams
-    /// from memory spread over this tile's steps instead of all at once when its own first tile needs it.
+    /// <see cref="Tile"/> for a full tile (MR rows, NR columns) on AVX-512 that also asks for one line into L2 per
+    /// k step, at <paramref name="prefetch"/> and then <paramref name="prefetchStride"/> bytes on each time: the
+    /// operand the next tiles need (the next weight panel, 64 bytes on; a next block of columns read in place, a
+    /// row of the input on) streams from memory spread over this tile's steps instead of all at once when its own
+    /// first tile needs it.
     /// </summary>
     public static void TileFetchingAhead(int k, float* a, Layout layout, float* b, float* c, int ldc,
-        float* scale, float* bias, float* residual, bool relu, byte* prefetch, int ldb = NR)
+        float* scale, float* bias, float* residual, bool relu, byte* prefetch, nint prefetchStride = 64, int ldb = NR)
     {
         if (!Vector512.IsHardwareAccelerated) throw new PlatformNotSupportedException("internal: the prefetching tile is AVX-512 code");
-        Tile512x12<Ahead>(k, a, layout, b, ldb, c, ldc, NR, scale, bias, residual, relu, prefetch);
+        Tile512x12<Ahead>(k, a, layout, b, ldb, c, ldc, NR, scale, bias, residual, relu, prefetch, prefetchStride);
     }
 
     /// <summary>The remainder kernel: up to 8 rows x 32 columns in 16 zmm accumulators.</summary>

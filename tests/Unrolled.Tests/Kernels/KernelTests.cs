@@ -68,6 +68,9 @@ public class KernelTests
         { 1, 24, 7, 7, 70, 1, 1, 0 },   // 49 pixels: transposed, read in place, rows 3 x 12 + 2 x 8, a part-filled channel panel
         { 1, 20, 14, 14, 40, 3, 2, 1 }, // 14x14 -> 7x7 at stride 2: transposed, the pixel rows gathered
         { 1, 16, 14, 14, 33, 3, 1, 1 }, // 196 pixels: transposed, 15 x 12 + 2 x 8 rows
+        { 1, 256, 30, 30, 48, 1, 1, 0 }, // read in place in blocks of 8 panels, two row chunks: the last one's tiles prefetch the next block
+        { 2, 256, 20, 20, 96, 1, 1, 0 }, // the same for both images in one job (four row chunks), the next block ending in a part-filled panel
+        { 1, 600, 7, 7, 256, 1, 1, 0 },  // transposed, one weight panel per item: tiles prefetch the next item's panel
     };
 
     [Theory]
