@@ -806,6 +806,14 @@ internal static unsafe class Conv
                             float* src = j.Phases + phaseBase[g] + ((long)(c * j.H + iy) * 2 + phase) * j.Half;
                             int x0 = segX[g] + shift;
                             int lo = Math.Clamp(-x0, 0, len), hi = Math.Clamp(width - x0, lo, len);
+                            if (len == Gemm.NR && lo == 0 && hi == Gemm.NR && Vector512.IsHardwareAccelerated)
+                            {
+                                // A whole panel's run inside the row (most of them): two vectors, no call (the stem at
+                                // batch 1, A/B: 1.03 against 1.00 and 1.04 against 1.02 ms).
+                                Vector512.Store(Vector512.Load(src + x0), dst);
+                                Vector512.Store(Vector512.Load(src + x0 + 16), dst + 16);
+                                continue;
+                            }
                             for (int t = 0; t < lo; t++) dst[t] = 0f;
                             Gemm.Copy(src + x0 + lo, dst + lo, hi - lo);
                             for (int t = hi; t < len; t++) dst[t] = 0f;
