@@ -89,6 +89,8 @@ public static class Program
         if (args.Contains("--kernel")) return MicroKernel.Run();
         if (args.Contains("--forward-loop")) return ForwardLoop(args.Contains("--batch8") ? 8 : 1, abTiles: false);
         if (args.Contains("--ab-tiles")) return ForwardLoop(args.Contains("--batch8") ? 8 : 1, abTiles: true);
+        if (args.Contains("--bandwidth")) return Bandwidth.Run();
+        if (args.Contains("--ab-layout")) return AbLayout.Run(args.Contains("--batch8") ? 8 : 1);
         if (args.Contains("--layer-profile")) return LayerProfile.Run(args.Contains("--batch8") ? 8 : 1);
         if (args.Contains("--layers")) return ConvLayers.Run(args.Contains("--batch8") ? 8 : 1);
         BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
