@@ -40,16 +40,10 @@ internal static class AbLayout
                 LayoutPlan.Off = arm == 0;
                 for (int call = 0; call < PerBlock; call++)
                 {
-                    Array.Clear(clock.Ticks);
-                    clock.MaxPool = clock.AveragePool = clock.Linear = 0;
-                    NetworkState.Clock = clock;
-                    long start = Stopwatch.GetTimestamp();
-                    net.Forward(input, logits);
-                    double ms = Stopwatch.GetElapsedTime(start).TotalMilliseconds;
-                    NetworkState.Clock = null;
+                    var (ms, ticks) = LayerProfile.Clocked(net, input, logits, clock);
                     if (call < Skipped) continue;
                     forwards[arm].Add(ms);
-                    perCall[arm].Add([.. clock.Ticks, clock.AveragePool]);
+                    perCall[arm].Add(ticks);
                 }
             }
             double Ms(int arm, int at) => Median(perCall[arm].Select(t => t[at] * 1000.0 / Stopwatch.Frequency).ToList());
@@ -63,7 +57,7 @@ internal static class AbLayout
                 sums[0] += Ms(0, layer);
                 sums[1] += Ms(1, layer);
             }
-            shapes["average pool"] = [Ms(0, clock.Ticks.Length), Ms(1, clock.Ticks.Length)];
+            shapes["average pool"] = [Ms(0, clock.Ticks.Length + 1), Ms(1, clock.Ticks.Length + 1)];
             Console.WriteLine($"ResNet-50 at batch {batch}: NCHW throughout against the layout plan, medians of {forwards[0].Count} forwards per arm (ms)");
             foreach (var (shape, ms) in shapes) Console.WriteLine($"  {shape,-28} {ms[0],8:F3} {ms[1],8:F3}  {ms[1] / ms[0],5:F2}");
             Console.WriteLine($"  whole forward: NCHW {Median(forwards[0]):F2} ms, planned {Median(forwards[1]):F2} ms");

@@ -66,14 +66,9 @@ internal static class LayerProfile
         var clock = new NetworkState.ConvClock(256);
         for (int call = 0; call < Calls; call++)
         {
-            Array.Clear(clock.Ticks);
-            clock.MaxPool = clock.AveragePool = clock.Linear = 0;
-            NetworkState.Clock = clock;
-            long start = Stopwatch.GetTimestamp();
-            net.Forward(input, logits);
-            forwards.Add(Stopwatch.GetElapsedTime(start).TotalMilliseconds);
-            NetworkState.Clock = null;
-            perCall.Add([.. clock.Ticks, clock.MaxPool, clock.AveragePool, clock.Linear]);
+            var (ms, ticks) = Clocked(net, input, logits, clock);
+            forwards.Add(ms);
+            perCall.Add(ticks);
         }
         forwardMs = Median(forwards);
         double Ms(int at) => Median(perCall.Select(t => t[at] * 1000.0 / Stopwatch.Frequency).ToList());
@@ -91,6 +86,27 @@ internal static class LayerProfile
             byShape[key] = (count + 1, sum + ms);
         }
         return byShape;
+    }
+
+    /// <summary>
+    /// One forward with the runtime's clock on: its wall time in ms, and the ticks of every convolution (by index),
+    /// then of the max pool, the average pool and the classifier.
+    /// </summary>
+    internal static (double Ms, long[] Ticks) Clocked(ResNet50 net, float[] input, float[] logits, NetworkState.ConvClock clock)
+    {
+        Array.Clear(clock.Ticks);
+        clock.MaxPool = clock.AveragePool = clock.Linear = 0;
+        NetworkState.Clock = clock;
+        long start = Stopwatch.GetTimestamp();
+        try
+        {
+            net.Forward(input, logits);
+        }
+        finally
+        {
+            NetworkState.Clock = null;
+        }
+        return (Stopwatch.GetElapsedTime(start).TotalMilliseconds, [.. clock.Ticks, clock.MaxPool, clock.AveragePool, clock.Linear]);
     }
 
     private static Dictionary<string, (int Count, double Ms)> OnnxRuntime(string model, int batch, float[] input, out double forwardMs)
