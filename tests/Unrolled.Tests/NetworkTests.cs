@@ -278,14 +278,20 @@ public class LayoutPlanTests
         }
     }
 
+    /// <summary>The network in eval mode, a random image and its logits with every activation in NCHW.</summary>
+    private static (float[] Input, float[] Expected) InEvalMode(IResNet net, int seed)
+    {
+        net.Eval();
+        var (c, h, w) = net.InputShape;
+        var input = Naive.RandomFloats(new Random(seed), c * h * w);
+        return (input, InNchw(net, input));
+    }
+
     [Fact]
     public void ResNet50KeepsTheLayer3AndLayer4TensorsPixelMajorWithTheSameBits()
     {
         var net = new ResNet50();
-        net.Eval();
-        var (c, h, w) = net.InputShape;
-        var input = Naive.RandomFloats(new Random(5), c * h * w);
-        var expected = InNchw(net, input);
+        var (input, expected) = InEvalMode(net, 5);
         Assert.True(expected.Distinct().Count() > 100, "the logits must tell the images' classes apart");
 
         var (first, traced) = Forward(net, input); // traced, in NCHW
@@ -411,10 +417,7 @@ public class LayoutPlanTests
     {
         // ResNet-18's layer4 at 7x7: 3x3 convolutions, transposed, read pixel-major input through their packed rows.
         var net = new ResNet18();
-        net.Eval();
-        var (c, h, w) = net.InputShape;
-        var input = Naive.RandomFloats(new Random(6), c * h * w);
-        var expected = InNchw(net, input);
+        var (input, expected) = InEvalMode(net, 6);
         Forward(net, input);
         var (logits, layouts) = Forward(net, input);
         Assert.Equal(expected, logits);

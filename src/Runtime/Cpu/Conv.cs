@@ -366,10 +366,8 @@ internal static unsafe class Conv
                 // tile, 512 -> 2048 at 7x7 1.61 against 1.27; with the next item's first panel against without,
                 // 1024 -> 256 at 14x14 1.83 against 1.74; the first and second tiles instead: slower, 2.05 against 2.10.
                 bool ahead = j.RowChunks == 1 ? panel + 1 < panels : panel + 1 < lastPanel;
-                if ((t == 1 || t == 2) && height == Gemm.MR && ahead && Vector512.IsHardwareAccelerated)
-                    Gemm.TileFetchingAhead(j.K, a, layout, b, tile, Gemm.NR, null, null, null, false, (byte*)(b + (long)j.K * Gemm.NR) + (t - 1) * 64L * j.K);
-                else
-                    Gemm.Tile(j.K, a, layout, b, tile, Gemm.NR, rows, Gemm.NR, null, null, null, false);
+                byte* next = (t == 1 || t == 2) && ahead ? (byte*)(b + (long)j.K * Gemm.NR) + (t - 1) * 64L * j.K : null;
+                Gemm.Tile(j.K, a, layout, b, tile, Gemm.NR, rows, Gemm.NR, null, null, null, false, prefetch: next);
                 if (j.PixelsOut)
                 {
                     StorePixels(ref j, tile, m0, rows, n0, cols);
@@ -720,21 +718,23 @@ internal static unsafe class Conv
                 // batch 8; 512 -> 128 at 28x28 1.36 against 1.28 and 9.27 against 8.05; the whole forward at batch 8
                 // 237.7 against 227.0 ms).
                 int line = (rp - firstRowPanel - 1) * (lastPanel - firstPanel) + panel - firstPanel;
-                if (inPlace && chunk == j.RowChunks - 1 && rows == Gemm.MR && line >= 0 && line < fetchLines && Vector512.IsHardwareAccelerated)
-                    Gemm.TileFetchingAhead(j.K, a, layout, b, j.Y + at, j.N, scale, bias, j.Residual == null ? null : j.Residual + at, j.Relu,
-                        (byte*)(j.X + nextN0 + line * 16), (nint)j.Hw * sizeof(float), j.Hw);
+                byte* next = null;
+                nint nextStride = 64;
+                if (inPlace && chunk == j.RowChunks - 1 && line >= 0 && line < fetchLines)
+                {
+                    next = (byte*)(j.X + nextN0 + line * 16);
+                    nextStride = (nint)j.Hw * sizeof(float);
+                }
                 // Items of a few column panels (large K: the batch-8 layers at 14x14 and 7x7, folded, and the strided
                 // 3x3 ones) use each weight row panel for only a few tiles, so the weights' stream from memory is what
                 // their first tiles wait on: the block's second tile (or its only one) brings the next row panel into
                 // L2 meanwhile (ResNet-50 at batch 8, A/B per layer: 1024 -> 2048 1x1/2 7.29 against 6.14 ms, 2048 ->
                 // 512 at 7x7 6.60 against 6.04, 512 -> 512 3x3/2 8.19 against 7.52; the forward 226.2 against 218.8
                 // ms; with blocks of any size, the 1x1 layers of wide blocks at 28x28 and 56x56 lost up to 3%).
-                else if (lastPanel - firstPanel <= 4 && panel == Math.Min(firstPanel + 1, lastPanel - 1) && rows == Gemm.MR && n0 + Gemm.NR <= j.N && rp + 1 < rowPanelCount && j.AKStride == 1 && Vector512.IsHardwareAccelerated)
-                    Gemm.TileFetchingAhead(j.K, a, layout, b, j.Y + at, j.N, scale, bias, j.Residual == null ? null : j.Residual + at, j.Relu,
-                        (byte*)(j.PackedA ? a + (long)height * j.K : a + (long)height * j.ARowStride), 64, inPlace ? j.Hw : Gemm.NR);
-                else
-                    Gemm.Tile(j.K, a, layout, b, j.Y + at, j.N, rows, Math.Min(Gemm.NR, j.N - n0),
-                        scale, bias, j.Residual == null ? null : j.Residual + at, j.Relu, inPlace ? j.Hw : Gemm.NR);
+                else if (lastPanel - firstPanel <= 4 && panel == Math.Min(firstPanel + 1, lastPanel - 1) && n0 + Gemm.NR <= j.N && rp + 1 < rowPanelCount && j.AKStride == 1)
+                    next = (byte*)(j.PackedA ? a + (long)height * j.K : a + (long)height * j.ARowStride);
+                Gemm.Tile(j.K, a, layout, b, j.Y + at, j.N, rows, Math.Min(Gemm.NR, j.N - n0),
+                    scale, bias, j.Residual == null ? null : j.Residual + at, j.Relu, inPlace ? j.Hw : Gemm.NR, next, nextStride);
             }
         }
     }

@@ -137,14 +137,20 @@ internal static unsafe class Gemm
     /// at the B panel ([k][NR]), or at column n0 of a row-major B read in place whose rows are <paramref name="ldb"/>
     /// apart (full panels only: NR columns are read); <paramref name="c"/> and <paramref name="residual"/> at element
     /// (m0, n0); <paramref name="scale"/> and <paramref name="bias"/> at row m0 (or null: 1 and 0).
+    /// With <paramref name="prefetch"/>, a tile of MR rows on AVX-512 also asks for one line into L2 per k step, at
+    /// <paramref name="prefetch"/> and then <paramref name="prefetchStride"/> bytes on each time: the operand the
+    /// next tiles need (the next weight panel, 64 bytes on; a next block of columns read in place, a row of the
+    /// input on) streams from memory spread over this tile's steps instead of all at once when its own first tile
+    /// needs it. Other tiles ignore it.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Tile(int k, float* a, Layout layout, float* b, float* c, int ldc, int rows, int cols,
-        float* scale, float* bias, float* residual, bool relu, int ldb = NR)
+        float* scale, float* bias, float* residual, bool relu, int ldb = NR, byte* prefetch = null, nint prefetchStride = 64)
     {
         if (Vector512.IsHardwareAccelerated)
         {
-            if (rows == MR) Tile512x12<Behind>(k, a, layout, b, ldb, c, ldc, cols, scale, bias, residual, relu, null, 0);
+            if (rows == MR && prefetch != null) Tile512x12<Ahead>(k, a, layout, b, ldb, c, ldc, cols, scale, bias, residual, relu, prefetch, prefetchStride);
+            else if (rows == MR) Tile512x12<Behind>(k, a, layout, b, ldb, c, ldc, cols, scale, bias, residual, relu, null, 0);
             else Tile512x8(k, a, layout, b, ldb, c, ldc, rows, cols, scale, bias, residual, relu);
             return;
         }
@@ -264,20 +270,6 @@ internal static unsafe class Gemm
     // struct, each with only its own code.
     private struct Behind;
     private struct Ahead;
-
-    /// <summary>
-    /// <see cref="Tile"/> for a full tile (MR rows, NR columns) on AVX-512 that also asks for one line into L2 per
-    /// k step, at <paramref name="prefetch"/> and then <paramref name="prefetchStride"/> bytes on each time: the
-    /// operand the next tiles need (the next weight panel, 64 bytes on; a next block of columns read in place, a
-    /// row of the input on) streams from memory spread over this tile's steps instead of all at once when its own
-    /// first tile needs it.
-    /// </summary>
-    public static void TileFetchingAhead(int k, float* a, Layout layout, float* b, float* c, int ldc,
-        float* scale, float* bias, float* residual, bool relu, byte* prefetch, nint prefetchStride = 64, int ldb = NR)
-    {
-        if (!Vector512.IsHardwareAccelerated) throw new PlatformNotSupportedException("internal: the prefetching tile is AVX-512 code");
-        Tile512x12<Ahead>(k, a, layout, b, ldb, c, ldc, NR, scale, bias, residual, relu, prefetch, prefetchStride);
-    }
 
     /// <summary>The remainder kernel: up to 8 rows x 32 columns in 16 zmm accumulators.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]

@@ -311,12 +311,8 @@ internal static unsafe class Winograd
                 // ResNet-50, A/B per layer against no prefetch: the 14x14 layers 4.97 against 3.55 ms at batch 1 and
                 // 24.4 against 20.3 at batch 8, 28x28 2.26 against 1.87 and 12.4 against 11.1, 56x56 (F(4x4, 3x3))
                 // 1.63 against 1.42; one, three or four panels on: the same within 1-3%.
-                if (height == Gemm.MR && m0 + height <= j.Cout && Vector512.IsHardwareAccelerated)
-                    Gemm.TileFetchingAhead(j.Cin, a + (long)m0 * j.Cin, Gemm.Layout.RowMajor(j.Cin), b, mx + (long)m0 * Gemm.NR, Gemm.NR,
-                        null, null, null, false, (byte*)(a + (long)(m0 + 2 * Gemm.MR) * j.Cin));
-                else
-                    Gemm.Tile(j.Cin, a + (long)m0 * j.Cin, Gemm.Layout.RowMajor(j.Cin), b, mx + (long)m0 * Gemm.NR, Gemm.NR,
-                        Math.Min(height, j.Cout - m0), Gemm.NR, null, null, null, false);
+                Gemm.Tile(j.Cin, a + (long)m0 * j.Cin, Gemm.Layout.RowMajor(j.Cin), b, mx + (long)m0 * Gemm.NR, Gemm.NR,
+                    Math.Min(height, j.Cout - m0), Gemm.NR, null, null, null, false, prefetch: (byte*)(a + (long)(m0 + 2 * Gemm.MR) * j.Cin));
             }
         }
         TransformRuns(ref j, first, count, m, output: true);

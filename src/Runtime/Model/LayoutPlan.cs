@@ -77,11 +77,7 @@ internal sealed class LayoutPlan
     {
         if (!_ready)
         {
-            if (Record(Kind.Conv, index, x, xLength, y, yLength, r, rLength))
-            {
-                _calls[_count - 1].CanWrite = canWrite;
-                _calls[_count - 1].CanRead = canRead;
-            }
+            Record(Kind.Conv, index, x, xLength, y, yLength, r, rLength, canWrite, canRead);
             return (false, false);
         }
         ref var c = ref Expect(Kind.Conv, index, x, xLength, y, yLength, r, rLength);
@@ -107,12 +103,15 @@ internal sealed class LayoutPlan
         return Expect(Kind.AveragePool, -1, x, xLength, -1, 0, -1, 0).ReadsPixels;
     }
 
-    private bool Record(Kind kind, int conv, long x, long xLength, long y, long yLength, long r, long rLength)
+    private void Record(Kind kind, int conv, long x, long xLength, long y, long yLength, long r, long rLength, bool canWrite = false, bool canRead = false)
     {
         // More calls than a forward of this network makes: not a forward to plan from.
-        if (_overflowed |= _count == _calls.Length) return false;
-        _calls[_count++] = new Call { Kind = kind, Conv = conv, X = x, XLength = xLength, Y = y, YLength = yLength, R = r, RLength = rLength };
-        return true;
+        if (_overflowed |= _count == _calls.Length) return;
+        _calls[_count++] = new Call
+        {
+            Kind = kind, Conv = conv, X = x, XLength = xLength, Y = y, YLength = yLength, R = r, RLength = rLength,
+            CanWrite = canWrite, CanRead = canRead,
+        };
     }
 
     private ref Call Expect(Kind kind, int conv, long x, long xLength, long y, long yLength, long r, long rLength)

@@ -761,7 +761,8 @@ public sealed unsafe class NetworkState
             bool pixelsIn = false, pixelsOut = false;
             if (_planned)
             {
-                bool canWrite = Cpu.Winograd.Choose(kernel, stride, pad, 1, cin, h, w, cout) == Cpu.Winograd.Tiles.None &&
+                // Only the trace needs to know whether the convolution is computed transposed.
+                bool canWrite = !_plan!.Ready && Cpu.Winograd.Choose(kernel, stride, pad, 1, cin, h, w, cout) == Cpu.Winograd.Tiles.None &&
                     Cpu.Conv.TransposedPays(1, cin, h, w, oh, ow, kernel, pad);
                 var (xAt, xLength) = Region(x);
                 var (yAt, yLength) = Region(y);
